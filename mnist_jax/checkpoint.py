@@ -1,0 +1,57 @@
+"""Orbax checkpoints of a training state: one step per epoch, the latest few and the best kept.
+
+The state is restored against an abstract target that carries this process's shardings, so a checkpoint written
+on a TPU or GPU restores on a CPU, and a sweep's stacked state restores onto whatever mesh it runs on now.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from mnist_jax.errors import UserError
+
+BEST_METRIC = "test_accuracy"
+
+
+def open_manager(directory: str | os.PathLike, keep_latest: int = 3) -> ocp.CheckpointManager:
+    """A manager that keeps the latest `keep_latest` steps plus the best by test accuracy."""
+    best = lambda metrics: metrics[BEST_METRIC]  # noqa: E731
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(
+            [policies.LatestN(keep_latest), policies.BestN(get_metric_fn=best, n=1)]),
+        best_fn=best, best_mode="max", create=True)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metrics: dict) -> None:
+    """Starts an async save of `state` and its JSON metadata; `metrics` rank it for the best-kept policy."""
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                 metrics={k: float(v) for k, v in metrics.items()})
+
+
+def with_sharding(abstract: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Puts `sharding` on every leaf of an abstract (ShapeDtypeStruct) tree."""
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores step `step` into the structure, dtypes and shardings of `abstract_state`."""
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types for a damaged step; the user needs which step it was
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint step {step} in {manager.directory} is corrupted ({reason}): delete "
+                        f"{Path(manager.directory) / str(step)} to resume from the step before, or use --fresh") from None
+    return restored["state"], restored["meta"]
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The JSON metadata of one step, without touching its arrays."""
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

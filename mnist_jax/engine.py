@@ -1,0 +1,143 @@
+"""The pure training engine: a run is a function of (config, member hyperparameters, data).
+
+`Config` holds what shapes the compiled program (static); `Hyper` holds what may differ between members of a
+sweep (arrays, so `jax.vmap` can stack them). A single run and a sweep call the very same functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mnist_jax.models import ACTIVATIONS, make_model
+
+# A batch loss this far above chance (ln 10) means the member has blown up, not that it is learning slowly.
+DIVERGENCE_LOSS = 10 * math.log(10)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that shapes the compiled program; hashable, so it is a static argument of `jit`."""
+
+    model: str = "lenet"
+    hidden: tuple[int, ...] = (256, 128)
+    batch_size: int = 128
+    epochs: int = 12
+    train_size: int = 60000
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    dtype: str = "float32"
+    eval_batch_size: int = 1000
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.train_size // self.batch_size
+
+
+@struct.dataclass
+class Hyper:
+    """One member's hyperparameters as arrays: activation index into ACTIVATIONS, peak learning rate, seed."""
+
+    activation: jax.Array
+    learning_rate: jax.Array
+    seed: jax.Array
+
+    @classmethod
+    def create(cls, activation: str | int, learning_rate: float, seed: int) -> "Hyper":
+        index = ACTIVATIONS.index(activation) if isinstance(activation, str) else activation
+        return cls(jnp.int32(index), jnp.float32(learning_rate), jnp.uint32(seed))
+
+
+@struct.dataclass
+class TrainState:
+    """A member's full training state; `epoch` counts completed epochs."""
+
+    params: Any
+    opt_state: Any
+    data_key: jax.Array
+    epoch: jax.Array
+    diverged: jax.Array
+
+
+def make_optimizer(config: Config, learning_rate: jax.Array) -> optax.GradientTransformation:
+    """AdamW whose peak learning rate is data (inject_hyperparams), under a warmup + cosine schedule."""
+    total = config.epochs * config.steps_per_epoch
+    warmup = min(int(config.warmup_epochs * config.steps_per_epoch), total - 1)
+    shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, max(warmup, 1), max(total, 2))
+    adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, weight_decay=config.weight_decay)
+    return optax.chain(adamw, optax.scale_by_schedule(shape))
+
+
+def _model(config: Config):
+    return make_model(config.model, config.hidden, jnp.dtype(config.dtype))
+
+
+def init_member(config: Config, hyper: Hyper) -> TrainState:
+    """Initial parameters and optimizer state from the member's seed; the data-order key is split off it."""
+    params_key, data_key = jax.random.split(jax.random.PRNGKey(hyper.seed))
+    params = _model(config).init(params_key, jnp.zeros((1, 28, 28), jnp.uint8), hyper.activation)
+    opt_state = make_optimizer(config, hyper.learning_rate).init(params)
+    return TrainState(params, opt_state, data_key, jnp.int32(0), jnp.bool_(False))
+
+
+def _loss_and_logits(params, config: Config, hyper: Hyper, images, labels):
+    logits = _model(config).apply(params, images, hyper.activation)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+
+def train_step(config: Config, state: TrainState, hyper: Hyper, images, labels):
+    """One optimizer step on one batch; a member that blows up keeps its last sound parameters."""
+    (loss, logits), grads = jax.value_and_grad(_loss_and_logits, has_aux=True)(
+        state.params, config, hyper, images, labels)
+    updates, opt_state = make_optimizer(config, hyper.learning_rate).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    sound = jnp.isfinite(loss) & (loss < DIVERGENCE_LOSS) & grads_finite
+    diverged = state.diverged | ~sound
+    keep = lambda new, old: jnp.where(diverged, old, new)  # noqa: E731
+    state = state.replace(params=jax.tree.map(keep, params, state.params),
+                          opt_state=jax.tree.map(keep, opt_state, state.opt_state), diverged=diverged)
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    return state, (loss, correct)
+
+
+def epoch_order(config: Config, state: TrainState) -> jax.Array:
+    """(steps, batch) indices for the epoch after `state.epoch`, derived from (data key, epoch) alone."""
+    key = jax.random.fold_in(state.data_key, state.epoch)
+    used = config.steps_per_epoch * config.batch_size
+    return jax.random.permutation(key, config.train_size)[:used].reshape(config.steps_per_epoch, config.batch_size)
+
+
+def train_epoch(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array):
+    """One epoch as a `lax.scan` over its steps; returns the new state and the epoch's train loss and accuracy."""
+    chex.assert_shape(x_train, (config.train_size, 28, 28))
+
+    def step(state, batch_indices):
+        return train_step(config, state, hyper, x_train[batch_indices], y_train[batch_indices])
+
+    state, (losses, correct) = jax.lax.scan(step, state, epoch_order(config, state))
+    metrics = {"train_loss": jnp.mean(losses),
+               "train_accuracy": jnp.sum(correct) / (config.steps_per_epoch * config.batch_size)}
+    return state.replace(epoch=state.epoch + 1), metrics
+
+
+def predict_logits(config: Config, params, hyper: Hyper, images: jax.Array) -> jax.Array:
+    """Logits for any number of images, in batches of `eval_batch_size` so memory stays bounded."""
+    n, size = images.shape[0], config.eval_batch_size
+    padded = jnp.pad(images, ((0, -n % size), (0, 0), (0, 0))).reshape(-1, size, 28, 28)
+    logits = jax.lax.map(lambda x: _model(config).apply(params, x, hyper.activation), padded)
+    return logits.reshape(-1, 10)[:n]
+
+
+def evaluate(config: Config, params, hyper: Hyper, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Mean cross-entropy and accuracy over a whole split."""
+    logits = predict_logits(config, params, hyper, images)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}

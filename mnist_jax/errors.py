@@ -1,0 +1,5 @@
+"""The one exception type users see: a problem with their input, said in one line."""
+
+
+class UserError(Exception):
+    """Bad input or state the user can fix; the CLIs print it as one line and exit non-zero."""
