@@ -14,6 +14,7 @@ import importlib.util
 import os
 import socket
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"IDX file {path} is missing: put the four MNIST IDX files in that directory")
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"IDX file {path} is not a readable gzip file ({e}): download it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise UserError(f"IDX file {path} has a wrong magic number {raw[:4].hex() or 'none'}: it is not an IDX file")
@@ -83,7 +84,8 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def _find_idx_file(directory: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
+    dotted = stem.replace("-idx", ".idx")
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         if (directory / name).is_file():
             return directory / name
     raise UserError(f"IDX file {directory / stem}[.gz] is missing: put the four MNIST IDX files in {directory}")
@@ -211,8 +213,7 @@ def load_dataset(source: str = "auto", dataset: str = "mnist", data_dir: str | o
     # auto: IDX files in the data dir, else a prepared TFDS copy, else the bundled MNIST.
     if data_dir is not None:
         directory = Path(data_dir)
-        if (directory / SPLIT_FILES["train_images"]).is_file() or \
-                (directory / (SPLIT_FILES["train_images"] + ".gz")).is_file():
+        if any(directory.glob("train-images*idx3-ubyte*")):
             return load_idx_dir(directory, dataset)
         if _tfds_prepared(dataset, directory):
             return load_tfds(dataset, directory)

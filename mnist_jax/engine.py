@@ -31,7 +31,7 @@ class Config:
     batch_size: int = 128
     epochs: int = 12
     train_size: int = 60000
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.2
     warmup_epochs: float = 1.0
     dtype: str = "float32"
     eval_batch_size: int = 1000

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,7 +13,6 @@ from mnist_jax.errors import UserError
 from mnist_jax.models import ACTIVATIONS, MODELS
 
 DEFAULT_LR = 2e-3
-DEFAULT_WEIGHT_DECAY = 0.2
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -28,7 +24,7 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--lr", type=cli.positive_float, default=DEFAULT_LR,
                         help="peak learning rate of AdamW, reached after one warmup epoch and then cosine-decayed "
                              "to zero (default: %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=DEFAULT_WEIGHT_DECAY,
+    parser.add_argument("--weight-decay", type=float, default=0.2,
                         help="decoupled AdamW weight decay (default: %(default)s)")
     parser.add_argument("--hidden", default="256,128", help="MLP hidden sizes, comma-separated (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seeds parameters and batch order (default: %(default)s)")
@@ -52,62 +48,16 @@ def parse_args(argv: Sequence[str] | None):
     return args
 
 
-def run_description(args, config) -> dict:
-    """What makes two runs the same run: a workdir refuses to resume under anything else."""
-    description = {"config": dataclasses.asdict(config), "activation": args.activation,
-                   "learning_rate": args.lr, "seed": args.seed, "dataset": args.dataset, "test_limit": args.test_limit}
-    return json.loads(json.dumps(description))  # as it reads back from run.json: tuples become lists
-
-
-def prepare_workdir(workdir: Path, description: dict, fresh: bool) -> None:
-    run_file = workdir / "run.json"
-    if fresh and workdir.exists():
-        for name in ("run.json", "metrics.jsonl", "summary.json", "checkpoints"):
-            path = workdir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    if run_file.exists():
-        stored = json.loads(run_file.read_text())
-        if stored != description:
-            diffs = _differences(stored, description)
-            raise UserError(f"workdir {workdir} holds a different run ({diffs}): choose another --workdir, "
-                            "or pass --fresh to discard it")
-        return
-    if workdir.exists() and (workdir / "checkpoints").exists():
-        raise UserError(f"workdir {workdir} has checkpoints but no run.json: choose another --workdir or pass --fresh")
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(description, indent=2) + "\n")
-
-
-def _differences(stored: dict, wanted: dict, prefix: str = "") -> str:
-    out = []
-    for key in sorted(set(stored) | set(wanted)):
-        a, b = stored.get(key), wanted.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = _differences(a, b, f"{prefix}{key}.")
-            out += [inner] if inner else []
-        elif a != b:
-            out.append(f"{prefix}{key} was {a}, now {b}")
-    return "; ".join(out)
-
-
-def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
-    """metrics.jsonl lines of epochs that have a checkpoint; later ones were lost with the process."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if row["epoch"] <= up_to_epoch]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     cli.enable_compile_cache(not args.no_compile_cache)
 
     import jax
-    import jax.numpy as jnp
     from tqdm import tqdm
 
     from mnist_jax import checkpoint, engine
+    from mnist_jax.workdir import abstract_member, prepare_workdir, read_metrics, run_description
     from mnist_jax.data import load_dataset
     from mnist_jax.report import environment
 
@@ -124,17 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                            weight_decay=args.weight_decay)
     hyper = engine.Hyper.create(args.activation, args.lr, args.seed)
     workdir = args.workdir
-    prepare_workdir(workdir, run_description(args, config), args.fresh)
+    description = run_description(config, args.activation, args.lr, args.seed, args.dataset, args.test_limit)
+    prepare_workdir(workdir, description, args.fresh)
     device = jax.devices()[0]
     x_train, y_train, x_test, y_test = jax.device_put((x_train, y_train, x_test, y_test), device)
 
     manager = checkpoint.open_manager(workdir / "checkpoints")
     try:
-        abstract = checkpoint.with_sharding(jax.eval_shape(functools.partial(engine.init_member, config), hyper),
-                                            jax.sharding.SingleDeviceSharding(device))
         start = manager.latest_step() or 0
         if start:
-            state, _ = checkpoint.restore(manager, start, abstract)
+            state, _ = checkpoint.restore(manager, start, abstract_member(config, hyper, device))
             print(f"resuming {workdir} after epoch {start} of {config.epochs}")
         else:
             state = jax.jit(engine.init_member, static_argnums=0)(config, hyper)
@@ -174,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(row)
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            meta = {"epoch": epoch, "run": run_description(args, config), "metrics": row}
+            meta = {"epoch": epoch, "run": description, "metrics": row}
             checkpoint.save(manager, epoch, state, meta, {"test_accuracy": row["test_accuracy"]})
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", test_acc=f"{row['test_accuracy']:.2%}")
             bar.write(f"epoch {epoch:3d}/{config.epochs}  train loss {row['train_loss']:.4f}  "

@@ -1,0 +1,89 @@
+"""A workdir: the record of one run (run.json), its metrics, summary and checkpoints, and loading it back."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+from pathlib import Path
+
+import jax
+
+from mnist_jax import checkpoint, engine
+from mnist_jax.errors import UserError
+
+
+def run_description(config: engine.Config, activation: str, learning_rate: float, seed: int, dataset: str,
+                    test_limit: int | None) -> dict:
+    """What makes two runs the same run: a workdir refuses to resume under anything else."""
+    description = {"config": dataclasses.asdict(config), "activation": activation, "learning_rate": learning_rate,
+                   "seed": seed, "dataset": dataset, "test_limit": test_limit}
+    return json.loads(json.dumps(description))  # as it reads back from run.json: tuples become lists
+
+
+def prepare_workdir(workdir: Path, description: dict, fresh: bool) -> None:
+    run_file = workdir / "run.json"
+    if fresh and workdir.exists():
+        for name in ("run.json", "metrics.jsonl", "summary.json", "checkpoints"):
+            path = workdir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if run_file.exists():
+        stored = json.loads(run_file.read_text())
+        if stored != description:
+            diffs = _differences(stored, description)
+            raise UserError(f"workdir {workdir} holds a different run ({diffs}): choose another --workdir, "
+                            "or pass --fresh to discard it")
+        return
+    if workdir.exists() and (workdir / "checkpoints").exists():
+        raise UserError(f"workdir {workdir} has checkpoints but no run.json: choose another --workdir or pass --fresh")
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps(description, indent=2) + "\n")
+
+
+def _differences(stored: dict, wanted: dict, prefix: str = "") -> str:
+    out = []
+    for key in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _differences(a, b, f"{prefix}{key}.")
+            out += [inner] if inner else []
+        elif a != b:
+            out.append(f"{prefix}{key} was {a}, now {b}")
+    return "; ".join(out)
+
+
+def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
+    """metrics.jsonl lines of epochs that have a checkpoint; later ones were lost with the process."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row["epoch"] <= up_to_epoch]
+
+
+def abstract_member(config: engine.Config, hyper: engine.Hyper, device: jax.Device):
+    """The shapes, dtypes and placement of a member's TrainState, to restore a checkpoint into."""
+    abstract = jax.eval_shape(functools.partial(engine.init_member, config), hyper)
+    return checkpoint.with_sharding(abstract, jax.sharding.SingleDeviceSharding(device))
+
+
+def load_run(workdir: Path, step: int | str = "latest"):
+    """(config, hyper, state, step) of a single-model workdir at `step`: latest, best or an epoch number."""
+    run_file = Path(workdir) / "run.json"
+    if not run_file.exists():
+        raise UserError(f"{workdir} is not a training workdir (no run.json): pass the --workdir a run wrote")
+    run = json.loads(run_file.read_text())
+    config = engine.Config(**{**run["config"], "hidden": tuple(run["config"]["hidden"])})
+    hyper = engine.Hyper.create(run["activation"], run["learning_rate"], run["seed"])
+    manager = checkpoint.open_manager(Path(workdir) / "checkpoints")
+    try:
+        steps = manager.all_steps()
+        chosen = {"latest": manager.latest_step(), "best": manager.best_step()}.get(step, step)
+        if not steps:
+            raise UserError(f"{workdir} has no checkpoint yet: train first")
+        if chosen not in steps:
+            raise UserError(f"{workdir} has no checkpoint {step}: it has {', '.join(map(str, steps))}")
+        state, _ = checkpoint.restore(manager, int(chosen), abstract_member(config, hyper, jax.devices()[0]))
+    finally:
+        manager.close()
+    return config, hyper, state, int(chosen)

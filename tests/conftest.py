@@ -1,0 +1,18 @@
+"""Shared fixtures: small slices of the bundled MNIST, so tests are fast and need no network."""
+
+import numpy as np
+import pytest
+
+from mnist_jax.data import load_bundled
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    return load_bundled()
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist):
+    """2048 training and 512 test images: enough to see learning in a few seconds."""
+    return (np.asarray(mnist.x_train[:2048]), np.asarray(mnist.y_train[:2048]),
+            np.asarray(mnist.x_test[:512]), np.asarray(mnist.y_test[:512]))

@@ -1,0 +1,106 @@
+"""The pure engine: one step, one epoch, evaluation, determinism and divergence."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax import engine
+
+
+def small_config(model="mlp", **overrides):
+    return engine.Config(model=model, hidden=(64,), batch_size=64, epochs=3, train_size=2048,
+                         eval_batch_size=200, **overrides)
+
+
+class TrainStepTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_train_step_jitted_equals_not_jitted(self):
+        config = small_config("lenet")
+        hyper = engine.Hyper.create("elu", 1e-3, 3)
+        state = engine.init_member(config, hyper)
+        images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 28, 28), np.uint8))
+        labels = jnp.arange(64, dtype=jnp.int32) % 10
+        step = self.variant(functools.partial(engine.train_step, config))
+        new_state, (loss, correct) = step(state, hyper, images, labels)
+        reference, (ref_loss, ref_correct) = jax.jit(engine.train_step, static_argnums=0)(
+            config, state, hyper, images, labels)
+        chex.assert_trees_all_close(new_state, reference, atol=1e-6, rtol=1e-6)
+        chex.assert_trees_all_close(loss, ref_loss, atol=1e-6)
+        assert int(correct) == int(ref_correct)
+        assert not bool(new_state.diverged)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+def test_a_short_run_really_learns(small_mnist, model):
+    x_train, y_train, x_test, y_test = map(jnp.asarray, small_mnist)
+    config = small_config(model)
+    hyper = engine.Hyper.create("relu", 2e-3, 0)
+    state = engine.init_member(config, hyper)
+    before = engine.evaluate(config, state.params, hyper, x_test, y_test)
+    train_epoch = jax.jit(engine.train_epoch, static_argnums=0)
+    losses = []
+    for _ in range(config.epochs):
+        state, metrics = train_epoch(config, state, hyper, x_train, y_train)
+        losses.append(float(metrics["train_loss"]))
+    after = engine.evaluate(config, state.params, hyper, x_test, y_test)
+    assert int(state.epoch) == config.epochs
+    assert losses[-1] < losses[0] < 2.5
+    assert float(after["loss"]) < float(before["loss"])
+    assert float(after["accuracy"]) > 0.8  # chance is 0.1
+
+
+def test_batch_order_is_derived_from_seed_and_epoch_only():
+    config = small_config()
+    state = engine.init_member(config, engine.Hyper.create("relu", 1e-3, 5))
+    again = engine.init_member(config, engine.Hyper.create("elu", 3e-3, 5))
+    other_seed = engine.init_member(config, engine.Hyper.create("relu", 1e-3, 6))
+    order = engine.epoch_order(config, state)
+    chex.assert_shape(order, (config.steps_per_epoch, config.batch_size))
+    np.testing.assert_array_equal(order, engine.epoch_order(config, again))
+    assert not np.array_equal(order, engine.epoch_order(config, other_seed))
+    assert not np.array_equal(order, engine.epoch_order(config, state.replace(epoch=state.epoch + 1)))
+    assert len(np.unique(order)) == order.size  # a permutation: no image twice in an epoch
+
+
+def test_same_seed_gives_bit_identical_training(small_mnist):
+    x_train, y_train, _, _ = map(jnp.asarray, small_mnist)
+    config = small_config()
+    hyper = engine.Hyper.create("leaky_relu", 1e-3, 11)
+    run = lambda: jax.jit(engine.train_epoch, static_argnums=0)(  # noqa: E731
+        config, engine.init_member(config, hyper), hyper, x_train, y_train)[0]
+    chex.assert_trees_all_equal(run().params, run().params)
+
+
+def test_a_diverging_member_keeps_its_last_sound_parameters(small_mnist):
+    x_train, y_train, _, _ = map(jnp.asarray, small_mnist)
+    config = small_config()
+    hyper = engine.Hyper.create("relu", 1e4, 0)
+    state, _ = jax.jit(engine.train_epoch, static_argnums=0)(config, engine.init_member(config, hyper), hyper,
+                                                             x_train, y_train)
+    assert bool(state.diverged)
+    chex.assert_tree_all_finite(state.params)
+    frozen = state
+    state, _ = jax.jit(engine.train_epoch, static_argnums=0)(config, state, hyper, x_train, y_train)
+    chex.assert_trees_all_equal(state.params, frozen.params)
+
+
+def test_evaluate_covers_every_image_when_the_split_is_not_a_multiple_of_the_eval_batch(small_mnist):
+    _, _, x_test, y_test = map(jnp.asarray, small_mnist)
+    config = small_config()
+    hyper = engine.Hyper.create("relu", 1e-3, 0)
+    params = engine.init_member(config, hyper).params
+    n = 437
+    result = engine.evaluate(config, params, hyper, x_test[:n], y_test[:n])
+    logits = engine._model(config).apply(params, x_test[:n], hyper.activation)
+    chex.assert_shape(engine.predict_logits(config, params, hyper, x_test[:n]), (n, 10))
+    np.testing.assert_allclose(result["accuracy"], np.mean(np.argmax(logits, -1) == np.asarray(y_test[:n])))
+
+
+def test_learning_rate_is_optimizer_state_so_members_can_differ():
+    config = small_config()
+    state = engine.init_member(config, engine.Hyper.create("relu", 0.123, 0))
+    assert np.isclose(float(state.opt_state[0].hyperparams["learning_rate"]), 0.123)

@@ -1,0 +1,81 @@
+"""The networks: sizes, shapes, the activation switch and the im2col convolution."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax.models import ACTIVATIONS, Conv, activate, make_model
+
+
+def count_params(params) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("name, expected", [("lenet", 61_706), ("mlp", 235_146)])
+def test_parameter_counts_match_the_classic_architectures(name, expected):
+    params = make_model(name).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28), jnp.uint8), 0)
+    assert count_params(params) == expected
+
+
+@pytest.mark.parametrize("name", ["lenet", "mlp"])
+@pytest.mark.parametrize("batch", [1, 7, 128])
+def test_models_map_uint8_images_to_ten_logits(name, batch):
+    model = make_model(name)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28), jnp.uint8), 0)
+    logits = model.apply(params, jnp.full((batch, 28, 28), 200, jnp.uint8), 1)
+    chex.assert_shape(logits, (batch, 10))
+    chex.assert_type(logits, jnp.float32)
+    chex.assert_tree_all_finite(logits)
+
+
+def test_mlp_hidden_sizes_are_configurable():
+    params = make_model("mlp", hidden=(32,)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28), jnp.uint8), 0)
+    assert count_params(params) == 784 * 32 + 32 + 32 * 10 + 10
+
+
+@pytest.mark.parametrize("index, direct", list(enumerate([nn.elu, nn.relu, nn.leaky_relu])))
+def test_switch_activation_equals_each_direct_activation(index, direct):
+    x = jnp.linspace(-4.0, 4.0, 101)
+    chex.assert_trees_all_equal(activate(index, x), direct(x))
+    chex.assert_trees_all_equal(jax.jit(activate)(jnp.int32(index), x), direct(x))
+    assert ACTIVATIONS[index] == direct.__name__
+
+
+def test_activation_index_is_data_so_one_vmap_covers_all_activations():
+    x = jnp.linspace(-2.0, 2.0, 9)
+    stacked = jax.vmap(activate, in_axes=(0, None))(jnp.arange(3), x)
+    chex.assert_trees_all_equal(stacked, jnp.stack([nn.elu(x), nn.relu(x), nn.leaky_relu(x)]))
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("channels_in, features", [(1, 6), (6, 16)])
+def test_im2col_conv_matches_lax_conv_in_values_and_gradients(padding, channels_in, features):
+    # In float64, so that what is compared is the formulation, not float32 summation order.
+    with jax.enable_x64(True):
+        _compare_conv_with_lax(padding, channels_in, features)
+
+
+def _compare_conv_with_lax(padding, channels_in, features):
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 14, 14, channels_in), jnp.float64)
+    conv = Conv(features, kernel_size=5, padding=padding, dtype=jnp.float64)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), conv.init(jax.random.PRNGKey(2), x))
+
+    def reference(params, x):
+        y = jax.lax.conv_general_dilated(x, params["params"]["kernel"], (1, 1), padding,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                         precision=jax.lax.Precision.HIGHEST)
+        return y + params["params"]["bias"]
+
+    chex.assert_trees_all_close(conv.apply(params, x), reference(params, x), atol=1e-5, rtol=1e-5)
+    loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))  # noqa: E731
+    grads = jax.grad(loss(conv.apply), argnums=(0, 1))(params, x)
+    expected = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+    chex.assert_trees_all_close(grads, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_rejects_unknown_padding():
+    with pytest.raises(ValueError, match="padding"):
+        Conv(4, padding="FULL").init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))
