@@ -39,6 +39,53 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def add_recipe_args(parser: argparse.ArgumentParser, epochs: int = 12) -> None:
+    """Flags that shape the compiled program (engine.Config), shared by train and sweep."""
+    from mnist_jax.models import MODELS
+
+    parser.add_argument("--model", choices=MODELS, default="lenet", help="network to train (default: %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=epochs, help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="(default: %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=0.2,
+                        help="decoupled AdamW weight decay (default: %(default)s)")
+    parser.add_argument("--hidden", type=int_list, default=(256, 128),
+                        help="MLP hidden sizes, comma-separated (default: 256,128)")
+    parser.add_argument("--train-limit", type=positive_int, default=None,
+                        help="train on the first N training images only (quick experiments and tests)")
+    parser.add_argument("--test-limit", type=positive_int, default=None,
+                        help="evaluate on the first N test images only")
+    parser.add_argument("--fresh", action="store_true", help="delete what the workdir holds and start over")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive whole numbers separated by commas") from None
+
+
+def load_data(args: argparse.Namespace):
+    """The dataset the flags ask for, cut to --train-limit/--test-limit; says which source was used."""
+    from mnist_jax.data import load_dataset
+
+    ds = load_dataset(args.data_source, args.dataset, args.data_dir)
+    print(f"data: {ds.describe()}")
+    splits = (ds.x_train[:args.train_limit], ds.y_train[:args.train_limit],
+              ds.x_test[:args.test_limit], ds.y_test[:args.test_limit])
+    if args.batch_size > len(splits[1]):
+        raise UserError(f"--batch-size {args.batch_size} is larger than the {len(splits[1])} training images: "
+                        "choose a smaller batch")
+    return ds, splits
+
+
+def build_config(args: argparse.Namespace, train_size: int):
+    from mnist_jax.engine import Config
+
+    return Config(model=args.model, hidden=tuple(args.hidden) if args.model == "mlp" else (),
+                  batch_size=args.batch_size, epochs=args.epochs, train_size=train_size,
+                  weight_decay=args.weight_decay)
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     from mnist_jax.data import DATASETS, SOURCES
 
