@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -72,8 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state, rows, finished_before = fit(
         workdir, config.epochs, init=lambda: jax.jit(engine.init_member, static_argnums=0)(config, hyper),
         abstract=abstract_member(config, hyper, device),
-        epoch_fn=lambda state, *data: engine.train_epoch(config, state, hyper, *data),
-        epoch_args=(x_train, y_train), make_row=make_row, describe_row=describe_row,
+        epoch_fn=functools.partial(engine.train_epoch, config), epoch_args=(hyper, x_train, y_train), make_row=make_row, describe_row=describe_row,
         best_of_row=lambda row: row["test_accuracy"], meta={"run": description}, label=f"{args.model}/{args.activation}")
     if finished_before:
         result = evaluate(config, state.params, hyper, x_test, y_test)

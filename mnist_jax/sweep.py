@@ -1,0 +1,197 @@
+"""`python -m mnist_jax.sweep`: every (activation x seed x learning rate) member trained at once, as one vmap.
+
+The members' states are stacked on a leading axis and trained by one jitted `vmap` of `engine.train_epoch`, the
+same function `train` runs. With several devices the member axis is sharded over a mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from mnist_jax import cli
+from mnist_jax.errors import UserError
+from mnist_jax.models import ACTIVATIONS
+
+MEMBER_AXIS = "members"
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    activation: str
+    seed: int
+    lr: float
+
+    def label(self) -> str:
+        return f"{self.activation},{self.seed},{self.lr:g}"
+
+
+def parse_list(kind, text: str, what: str) -> list:
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except (ValueError, TypeError):
+        raise UserError(f"{what} {text!r} must be a comma-separated list") from None
+    if not values:
+        raise UserError(f"{what} is empty")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None):
+    parser = cli.Parser(prog="python -m mnist_jax.sweep", description=__doc__.split(":", 1)[1].strip())
+    cli.add_recipe_args(parser)
+    parser.add_argument("--activations", default=",".join(ACTIVATIONS),
+                        help="comma-separated activations (default: %(default)s)")
+    parser.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds 0..N-1 (default: %(default)s)")
+    parser.add_argument("--seed-list", default=None, help="explicit seeds, e.g. 3,7,11 (overrides --seeds)")
+    parser.add_argument("--lrs", default="0.002", help="comma-separated peak learning rates (default: %(default)s)")
+    parser.add_argument("--shared-order", action="store_true",
+                        help="give every member the same batch order (default: each member's from its seed)")
+    parser.add_argument("--workdir", type=Path, default=None, help="(default: checkpoints/sweep-<model>)")
+    parser.add_argument("--export-member", default=None, metavar="ACTIVATION,SEED[,LR]",
+                        help="write that member of the sweep in --workdir as a single-model workdir at --to")
+    parser.add_argument("--to", type=Path, default=None, help="destination of --export-member")
+    cli.add_data_args(parser)
+    cli.add_cache_arg(parser)
+    args = parser.parse_args(argv)
+    if args.workdir is None:
+        args.workdir = Path("checkpoints") / f"sweep-{args.model}"
+    return args
+
+
+def member_grid(args) -> list[Member]:
+    activations = parse_list(str, args.activations, "--activations")
+    for activation in activations:
+        if activation not in ACTIVATIONS:
+            raise UserError(f"unknown activation {activation!r} in --activations: choose from {', '.join(ACTIVATIONS)}")
+    seeds = parse_list(int, args.seed_list, "--seed-list") if args.seed_list else list(range(args.seeds))
+    lrs = parse_list(float, args.lrs, "--lrs")
+    if any(not lr > 0 for lr in lrs):
+        raise UserError(f"--lrs {args.lrs} must all be positive")
+    return [Member(a, s, lr) for a, s, lr in itertools.product(activations, seeds, lrs)]
+
+
+def stacked_hyper(members: Sequence[Member]):
+    import jax.numpy as jnp
+
+    from mnist_jax.engine import Hyper
+
+    return Hyper(jnp.asarray([ACTIVATIONS.index(m.activation) for m in members], jnp.int32),
+                 jnp.asarray([m.lr for m in members], jnp.float32),
+                 jnp.asarray([m.seed for m in members], jnp.uint32))
+
+
+def sweep_description(config, members, args) -> dict:
+    description = {"kind": "sweep", "config": dataclasses.asdict(config),
+                   "members": [dataclasses.asdict(m) for m in members], "shared_order": args.shared_order,
+                   "dataset": args.dataset, "test_limit": args.test_limit}
+    return json.loads(json.dumps(description))
+
+
+def member_sharding(n_devices: int):
+    """(sharding of the member axis, replicated sharding) over all devices."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(jax.devices()[:n_devices], (MEMBER_AXIS,))
+    return NamedSharding(mesh, PartitionSpec(MEMBER_AXIS)), NamedSharding(mesh, PartitionSpec())
+
+
+def init_stacked(config, hyper, shared_order: bool):
+    """Stacked initial states; with `shared_order` every member takes the data-order key of seed 0."""
+    import jax
+
+    from mnist_jax import engine
+
+    state = jax.vmap(functools.partial(engine.init_member, config))(hyper)
+    if shared_order:
+        shared_key = jax.random.split(jax.random.PRNGKey(0))[1]
+        state = state.replace(data_key=jax.numpy.broadcast_to(shared_key, state.data_key.shape))
+    return state
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.export_member or args.to:
+        from mnist_jax.export import export_member
+
+        if not (args.export_member and args.to):
+            raise UserError("--export-member and --to go together: --export-member relu,3 --to DIR")
+        return export_member(args.workdir, args.export_member, args.to)
+    started = time.time()
+    cli.enable_compile_cache(not args.no_compile_cache)
+
+    import jax
+    import numpy as np
+
+    from mnist_jax import checkpoint, engine, results
+    from mnist_jax.loop import fit
+    from mnist_jax.report import environment
+    from mnist_jax.workdir import prepare_workdir
+
+    members = member_grid(args)
+    ds, (x_train, y_train, x_test, y_test) = cli.load_data(args)
+    config = cli.build_config(args, len(y_train))
+    n_devices = jax.device_count()
+    padded = list(members) + [members[-1]] * (-len(members) % n_devices)  # padding repeats the last member
+    members_sharding, replicated = member_sharding(n_devices)
+    hyper = jax.device_put(stacked_hyper(padded), members_sharding)
+    data = jax.device_put((x_train, y_train, x_test, y_test), replicated)  # on the devices once, shared
+
+    description = sweep_description(config, members, args)
+    prepare_workdir(args.workdir, description, args.fresh)
+    print(f"sweep: {len(members)} members ({len(padded) - len(members)} padding) of {args.model} on "
+          f"{n_devices} {jax.default_backend()} device(s), {config.epochs} epochs")
+
+    evaluate = jax.jit(jax.vmap(functools.partial(engine.evaluate, config), in_axes=(0, 0, None, None)))
+    init = jax.jit(functools.partial(init_stacked, config, shared_order=args.shared_order),
+                   out_shardings=members_sharding)
+    abstract = checkpoint.with_sharding(jax.eval_shape(init, hyper), members_sharding)
+    n = len(members)
+
+    def make_row(epoch, state, train_metrics, seconds):
+        result = evaluate(state.params, hyper, data[2], data[3])
+        columns = {"train_loss": train_metrics["train_loss"], "train_accuracy": train_metrics["train_accuracy"],
+                   "test_loss": result["loss"], "test_accuracy": result["accuracy"], "diverged": state.diverged}
+        columns = {k: np.asarray(v)[:n].tolist() for k, v in columns.items()}
+        return {"epoch": epoch, "epoch_seconds": round(seconds, 4),
+                "images_per_second": round(n * config.steps_per_epoch * config.batch_size / seconds, 1),
+                "members": [{**dataclasses.asdict(m), **{k: v[i] for k, v in columns.items()}}
+                            for i, m in enumerate(members)]}
+
+    def describe_row(row):
+        sound = [m for m in row["members"] if not m["diverged"]]
+        text = f"epoch {row['epoch']:3d}/{config.epochs}  {row['epoch_seconds']:.2f} s  "
+        if sound:
+            best = max(sound, key=lambda m: m["test_accuracy"])
+            worst = min(sound, key=lambda m: m["test_accuracy"])
+            text += (f"best {Member(best['activation'], best['seed'], best['lr']).label()} "
+                     f"{best['test_accuracy']:.2%}  worst {Member(worst['activation'], worst['seed'], worst['lr']).label()} "
+                     f"{worst['test_accuracy']:.2%}")
+        return text + f"  diverged {len(row['members']) - len(sound)}/{len(row['members'])}"
+
+    def best_of_row(row):
+        return float(np.mean([m["test_accuracy"] for m in row["members"]]))
+
+    state, rows, finished_before = fit(
+        args.workdir, config.epochs, init=lambda: init(hyper), abstract=abstract,
+        epoch_fn=jax.vmap(functools.partial(engine.train_epoch, config), in_axes=(0, 0, None, None)),
+        epoch_args=(hyper, *data[:2]), make_row=make_row, describe_row=describe_row, best_of_row=best_of_row,
+        meta={"run": description, "stacked_members": len(padded)},
+        label=f"sweep {args.model} x{len(members)}")
+    if finished_before:
+        print(f"{args.workdir} already holds a finished sweep of {config.epochs} epochs")
+    report = results.write_results(args.workdir, rows, environment={
+        **environment(), "wall_seconds": round(time.time() - started, 2),
+        "data": {"dataset": ds.name, "source": ds.source, "train_images": int(len(y_train)),
+                 "test_images": int(len(y_test))}})
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
