@@ -1,0 +1,165 @@
+"""The sweep: a vectorisation of the single run, nothing more; divergence, devices, resume, results, export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax import cli, engine, sweep, train
+from mnist_jax.export import load_sweep_member
+from mnist_jax.workdir import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "1024", "--test-limit", "256"]
+SWEEP = [*SMALL, "--activations", "elu,relu,leaky_relu", "--seeds", "1", "--lrs", "0.002", "--epochs", "3"]
+
+
+def run_sweep_in_process(*argv) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(sweep.main, [str(a) for a in argv])
+    return exit_info.value.code
+
+
+def sweep_subprocess(workdir, extra_env=None, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    return [sys.executable, "-m", "mnist_jax.sweep", *SWEEP, "--workdir", str(workdir)], env
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+def test_a_vmapped_sweep_equals_independent_single_runs(small_mnist, model):
+    x_train, y_train, _, _ = map(jnp.asarray, small_mnist)
+    config = engine.Config(model=model, hidden=(32,), batch_size=64, epochs=2, train_size=len(y_train))
+    members = [sweep.Member("elu", 0, 1e-3), sweep.Member("relu", 1, 3e-3), sweep.Member("leaky_relu", 2, 2e-3)]
+    hyper = sweep.stacked_hyper(members)
+    stacked = sweep.init_stacked(config, hyper, shared_order=False)
+    epoch = jax.jit(jax.vmap(lambda s, h: engine.train_epoch(config, s, h, x_train, y_train)))
+    for _ in range(config.epochs):
+        stacked, _ = epoch(stacked, hyper)
+    single_epoch = jax.jit(engine.train_epoch, static_argnums=0)
+    for i, m in enumerate(members):
+        h = engine.Hyper.create(m.activation, m.lr, m.seed)
+        state = engine.init_member(config, h)
+        for _ in range(config.epochs):
+            state, _ = single_epoch(config, state, h, x_train, y_train)
+        chex.assert_trees_all_close(jax.tree.map(lambda leaf: leaf[i], stacked), state, atol=2e-5, rtol=2e-5)
+
+
+def test_a_diverged_member_is_isolated_and_the_others_unaffected(small_mnist):
+    x_train, y_train, _, _ = map(jnp.asarray, small_mnist)
+    config = engine.Config(model="mlp", hidden=(32,), batch_size=64, epochs=2, train_size=len(y_train))
+    sound = [sweep.Member("relu", 0, 1e-3), sweep.Member("elu", 1, 1e-3)]
+    epoch = jax.jit(jax.vmap(lambda s, h: engine.train_epoch(config, s, h, x_train, y_train)))
+
+    def train_members(members):
+        hyper = sweep.stacked_hyper(members)
+        state = sweep.init_stacked(config, hyper, shared_order=False)
+        for _ in range(config.epochs):
+            state, _ = epoch(state, hyper)
+        return state
+
+    with_bad = train_members([sound[0], sweep.Member("relu", 2, 50.0), sound[1]])
+    without = train_members(sound)
+    np.testing.assert_array_equal(with_bad.diverged, [False, True, False])
+    chex.assert_tree_all_finite(with_bad.params)
+    for i, j in [(0, 0), (2, 1)]:
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], with_bad.params),
+                                    jax.tree.map(lambda x: x[j], without.params), atol=1e-6, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A 3-member sweep run once, in a subprocess, as a user would."""
+    workdir = tmp_path_factory.mktemp("sweep") / "run"
+    command, env = sweep_subprocess(workdir)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def test_results_json_has_every_member_and_a_summary_per_activation(finished_sweep):
+    results = json.loads((finished_sweep / "results.json").read_text())
+    assert [(m["activation"], m["seed"], m["lr"]) for m in results["members"]] == \
+        [("elu", 0, 0.002), ("relu", 0, 0.002), ("leaky_relu", 0, 0.002)]
+    for m in results["members"]:
+        assert {"activation", "seed", "lr", "test_accuracy", "test_loss", "diverged", "epoch_to_99",
+                "epoch_to_98"} <= set(m)
+        assert 0.5 < m["test_accuracy"] <= 1 and m["diverged"] is False
+    assert {s["activation"] for s in results["summary"]} == {"elu", "relu", "leaky_relu"}
+    for s in results["summary"]:
+        assert {"n", "mean_test_accuracy", "std_test_accuracy", "min_test_accuracy", "max_test_accuracy"} <= set(s)
+        assert s["n"] == 1
+    assert "± " in (finished_sweep / "results.md").read_text()
+    for plot in ("test_accuracy.png", "train_loss.png"):
+        assert (finished_sweep / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [json.loads(line) for line in (finished_sweep / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all(len(r["members"]) == 3 for r in rows)
+
+
+def test_four_devices_give_the_same_member_accuracies_as_one(finished_sweep, tmp_path):
+    command, env = sweep_subprocess(tmp_path / "four",
+                                    {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "on 4 cpu device(s)" in result.stdout and "(1 padding)" in result.stdout
+    one = json.loads((finished_sweep / "results.json").read_text())["members"]
+    four = json.loads((tmp_path / "four" / "results.json").read_text())["members"]
+    assert len(four) == 3  # the padding member never shows
+    for a, b in zip(one, four):
+        assert (a["activation"], a["seed"]) == (b["activation"], b["seed"])
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 2 / 256  # float reassociation at most
+        np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-3)
+
+
+def test_a_killed_sweep_resumes_bit_identical(tmp_path):
+    def command(workdir):
+        argv, env = sweep_subprocess(workdir)
+        argv[argv.index("--train-limit") + 1] = "12288"  # long enough epochs to be killed mid-run
+        argv[argv.index("--epochs") + 1] = "4"
+        return argv, env
+
+    argv, env = command(tmp_path / "straight")
+    subprocess.run(argv, env=env, check=True, capture_output=True)
+    argv, env = command(tmp_path / "killed")
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "checkpoints" / "1").is_dir() and process.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "results.json").exists(), "the sweep finished before it could be killed"
+    resumed = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    for member in ("elu,0", "relu,0", "leaky_relu,0"):
+        chex.assert_trees_all_equal(load_sweep_member(tmp_path / "straight", member)[2],
+                                    load_sweep_member(tmp_path / "killed", member)[2])
+
+
+def test_an_exported_member_is_a_single_run_workdir_that_train_accepts(finished_sweep, tmp_path, capsys):
+    out = tmp_path / "relu0"
+    assert run_sweep_in_process("--workdir", finished_sweep, "--export-member", "relu,0,0.002", "--to", out) == 0
+    config, hyper, state, step = load_run(out)
+    member = load_sweep_member(finished_sweep, "relu,0")[2]
+    chex.assert_trees_all_equal(state, member)
+    assert step == 3 and int(state.epoch) == 3
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(train.main, [*SMALL, "--epochs", "3", "--lr", "0.002", "--seed", "0", "--workdir", str(out)])
+    assert exit_info.value.code == 0
+    assert "already holds a finished run" in capsys.readouterr().out
+
+
+def test_export_of_an_unknown_member_names_the_members(finished_sweep, tmp_path, capsys):
+    assert run_sweep_in_process("--workdir", finished_sweep, "--export-member", "tanh,0", "--to", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "no member tanh,0" in err and "relu,0,0.002" in err and len(err.strip().splitlines()) == 1
