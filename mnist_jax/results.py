@@ -20,6 +20,7 @@ def member_results(rows: list[dict]) -> list[dict]:
         diverged_at = next((row["epoch"] for row, m in zip(rows, history) if m["diverged"]), None)
         entry = {"activation": final["activation"], "seed": final["seed"], "lr": final["lr"],
                  "test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
+                 "train_loss": final["train_loss"],
                  "diverged": bool(final["diverged"]), "diverged_epoch": diverged_at}
         for threshold in THRESHOLDS:
             entry[f"epoch_to_{round(threshold * 100)}"] = next(
@@ -40,7 +41,13 @@ def summarize(members: list[dict]) -> list[dict]:
                         "mean_test_accuracy": float(acc.mean()),
                         "std_test_accuracy": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
                         "min_test_accuracy": float(acc.min()), "max_test_accuracy": float(acc.max()),
-                        "n_diverged": sum(m["diverged"] for m in group)})
+                        "n_diverged": sum(m["diverged"] for m in group),
+                        "mean_train_loss": float(np.mean([m["train_loss"] for m in group]))})
+        for threshold in THRESHOLDS:
+            key = f"epoch_to_{round(threshold * 100)}"
+            reached = [m[key] for m in group if m[key] is not None]
+            summary[-1][f"mean_{key}"] = float(np.mean(reached)) if reached else None
+            summary[-1][f"n_reached_{round(threshold * 100)}"] = len(reached)
     return sorted(summary, key=lambda s: -s["mean_test_accuracy"])
 
 
@@ -76,12 +83,18 @@ def _verdict(p: dict) -> str:
 
 
 def markdown(summary: list[dict], pairs: list[dict], members: list[dict]) -> str:
-    lines = ["| rank | activation | lr | n | test accuracy (mean ± std) | min | max | diverged |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| rank | activation | lr | n | test accuracy (mean ± std) | min | max | final train loss | "
+             "epochs to 98% | epochs to 99% | diverged |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def reach(s, pct):
+        mean = s[f"mean_epoch_to_{pct}"]
+        return "never" if mean is None else f"{mean:.1f} ({s[f'n_reached_{pct}']}/{s['n']})"
+
     for rank, s in enumerate(summary, 1):
         lines.append(f"| {rank} | {s['activation']} | {s['lr']:g} | {s['n']} | {s['mean_test_accuracy']:.2%} ± "
                      f"{s['std_test_accuracy']:.2%} | {s['min_test_accuracy']:.2%} | {s['max_test_accuracy']:.2%} | "
-                     f"{s['n_diverged']} |")
+                     f"{s['mean_train_loss']:.4f} | {reach(s, 98)} | {reach(s, 99)} | {s['n_diverged']} |")
     lines += ["", "Paired differences of final test accuracy (same seeds, diverged members left out), "
               "with 95% t confidence intervals:", "",
               "| lr | a − b | n | mean difference | 95% CI | verdict |", "| --- | --- | --- | --- | --- | --- |"]
