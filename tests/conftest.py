@@ -24,3 +24,22 @@ def compile_cache_in_tmp(tmp_path_factory):
     import os
 
     os.environ["MNIST_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla-cache"))
+
+
+def kill_after_first_checkpoint_then_resume(argv, env, workdir, finished_marker: str):
+    """Starts `argv`, SIGKILLs it once checkpoint 1 exists, checks it had not finished, runs it again to the end."""
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (workdir / "checkpoints" / "1").is_dir() and process.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (workdir / finished_marker).exists(), "the run finished before it could be killed"
+    resumed = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import chex
@@ -17,6 +15,8 @@ import pytest
 from mnist_jax import cli, engine, sweep, train
 from mnist_jax.export import load_sweep_member
 from mnist_jax.workdir import load_run
+
+from conftest import kill_after_first_checkpoint_then_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "1024", "--test-limit", "256"]
@@ -129,17 +129,7 @@ def test_a_killed_sweep_resumes_bit_identical(tmp_path):
     argv, env = command(tmp_path / "straight")
     subprocess.run(argv, env=env, check=True, capture_output=True)
     argv, env = command(tmp_path / "killed")
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (tmp_path / "killed" / "checkpoints" / "1").is_dir() and process.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (tmp_path / "killed" / "results.json").exists(), "the sweep finished before it could be killed"
-    resumed = subprocess.run(argv, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
+    kill_after_first_checkpoint_then_resume(argv, env, tmp_path / "killed", "results.json")
     for member in ("elu,0", "relu,0", "leaky_relu,0"):
         chex.assert_trees_all_equal(load_sweep_member(tmp_path / "straight", member)[2],
                                     load_sweep_member(tmp_path / "killed", member)[2])

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import pytest
 from mnist_jax import cli, train
 from mnist_jax.data import bundled_dir, read_idx, write_idx
 from mnist_jax.workdir import load_run
+
+from conftest import kill_after_first_checkpoint_then_resume
 
 SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "1024", "--test-limit", "256"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,18 +83,8 @@ def train_command(workdir, epochs=4):
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(train_command(tmp_path / "straight"), check=True, env=env, capture_output=True)
-    killed = subprocess.Popen(train_command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (tmp_path / "killed" / "checkpoints" / "1").is_dir() and killed.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert not (tmp_path / "killed" / "summary.json").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run(train_command(tmp_path / "killed"), env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
+    kill_after_first_checkpoint_then_resume(train_command(tmp_path / "killed"), env, tmp_path / "killed",
+                                            "summary.json")
     straight, killed_state = load_run(tmp_path / "straight")[2], load_run(tmp_path / "killed")[2]
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(killed_state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
