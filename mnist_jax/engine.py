@@ -93,7 +93,7 @@ def _loss_and_logits(params, config: Config, hyper: Hyper, images, labels):
 
 
 def train_step(config: Config, state: TrainState, hyper: Hyper, images, labels):
-    """One optimizer step on one batch; a member that blows up keeps its last sound parameters."""
+    """One optimizer step on one batch; once a member blows up its parameters freeze, so nothing non-finite spreads."""
     (loss, logits), grads = jax.value_and_grad(_loss_and_logits, has_aux=True)(
         state.params, config, hyper, images, labels)
     updates, opt_state = make_optimizer(config, hyper.learning_rate).update(grads, state.opt_state, state.params)

@@ -75,7 +75,7 @@ def test_same_seed_gives_bit_identical_training(small_mnist):
     chex.assert_trees_all_equal(run().params, run().params)
 
 
-def test_a_diverging_member_keeps_its_last_sound_parameters(small_mnist):
+def test_a_diverging_member_freezes_with_finite_parameters(small_mnist):
     x_train, y_train, _, _ = map(jnp.asarray, small_mnist)
     config = small_config()
     hyper = engine.Hyper.create("relu", 1e4, 0)
