@@ -1,0 +1,207 @@
+"""`python -m mnist_jax.bench`: epoch times, sweep scaling, compile times and FLOP/s, with PyTorch side by side.
+
+Everything is measured in one run on this machine, so the ratios are the figures to quote, not the absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from mnist_jax import cli
+
+TORCH_REFERENCE = Path(__file__).resolve().parents[1] / "experiments" / "torch_reference.py"
+
+
+def parse_args(argv):
+    parser = cli.Parser(prog="python -m mnist_jax.bench", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("--epochs", type=cli.positive_int, default=3, help="timed epochs per measurement, after "
+                        "one warm-up epoch; the fastest is reported (default: %(default)s)")
+    parser.add_argument("--seeds", type=cli.positive_int, default=5,
+                        help="sweep members are 3 activations x this many seeds (default: %(default)s)")
+    parser.add_argument("--train-limit", type=cli.positive_int, default=None,
+                        help="first N training images only (smoke runs)")
+    parser.add_argument("--torch-python", default=None,
+                        help="a Python interpreter with torch for the reference (default: this one, if it can "
+                             "import torch; else the reference is skipped)")
+    parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where to write the results")
+    parser.add_argument("--compile-probe", choices=("lenet", "mlp"), default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def timed_epochs(compiled, state, args, epochs: int) -> tuple[float, object]:
+    """Fastest of `epochs` timed epochs, after one warm-up epoch."""
+    import jax
+
+    state, _ = compiled(state, *args)
+    jax.block_until_ready(state)
+    best = float("inf")
+    for _ in range(epochs):
+        started = time.perf_counter()
+        state, _ = compiled(state, *args)
+        jax.block_until_ready(state)
+        best = min(best, time.perf_counter() - started)
+    return best, state
+
+
+def flops_of(compiled) -> float | None:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis["flops"]) if analysis and "flops" in analysis else None
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - started)
+    return 2 * n ** 3 / best / 1e9
+
+
+def compile_probe(model: str) -> dict:
+    """Compiles everything `train` compiles for `model`; run in a fresh process to see cold vs cached."""
+    import jax
+    import jax.numpy as jnp
+
+    from mnist_jax import engine
+
+    config = engine.Config(model=model)
+    hyper = engine.Hyper.create("relu", 1e-3, 0)
+    x = jnp.zeros((config.train_size, 28, 28), jnp.uint8)
+    y = jnp.zeros((config.train_size,), jnp.int32)
+    started = time.perf_counter()
+    state = jax.jit(engine.init_member, static_argnums=0)(config, hyper)
+    jax.jit(functools.partial(engine.train_epoch, config)).lower(state, hyper, x, y).compile()
+    jax.jit(engine.evaluate, static_argnums=0).lower(config, state.params, hyper, x[:10000], y[:10000]).compile()
+    return {"compile_seconds": time.perf_counter() - started}
+
+
+def measure_compile(model: str) -> dict:
+    """Cold (empty persistent cache) and warm (cache filled by the cold run) compile seconds, fresh processes."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "MNIST_JAX_CACHE_DIR": cache}
+        runs = []
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-m", "mnist_jax.bench", "--compile-probe", model], env=env,
+                                 capture_output=True, text=True, check=True).stdout
+            runs.append(json.loads(out.strip().splitlines()[-1])["compile_seconds"])
+    return {"cold_seconds": runs[0], "warm_seconds": runs[1]}
+
+
+def run_torch(python: str | None, x, y, epochs: int) -> dict | None:
+    if python is None:
+        if importlib.util.find_spec("torch") is None:
+            return None
+        python = sys.executable
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "x.npy", x)
+        np.save(Path(tmp) / "y.npy", y)
+        result = subprocess.run([python, str(TORCH_REFERENCE), "--images", str(Path(tmp) / "x.npy"),
+                                 "--labels", str(Path(tmp) / "y.npy"), "--epochs", str(epochs)],
+                                capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"note: the PyTorch reference failed: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.compile_probe:
+        cli.enable_compile_cache(True)
+        print(json.dumps(compile_probe(args.compile_probe)))
+        return 0
+
+    import jax
+
+    from mnist_jax import engine, sweep
+    from mnist_jax.data import load_bundled
+    from mnist_jax.report import environment
+
+    ds = load_bundled()
+    x_np, y_np = ds.x_train[:args.train_limit], ds.y_train[:args.train_limit]
+    x, y = jax.device_put((x_np, y_np))
+    results: dict = {"environment": {**environment(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+                     "train_images": int(len(y_np)), "timed_epochs": args.epochs}
+    print(f"benchmark on {jax.default_backend()} ({jax.devices()[0].device_kind}), {len(y_np)} images per epoch")
+
+    results["matmul_peak_gflops"] = matmul_peak_gflops()
+    single = {}
+    for model in ("mlp", "lenet"):
+        config = engine.Config(model=model, train_size=len(y_np))
+        hyper = engine.Hyper.create("relu", 2e-3, 0)
+        state = engine.init_member(config, hyper)
+        compiled = jax.jit(functools.partial(engine.train_epoch, config)).lower(state, hyper, x, y).compile()
+        seconds, _ = timed_epochs(compiled, state, (hyper, x, y), args.epochs)
+        flops = flops_of(compiled)
+        single[model] = seconds
+        results[model] = {"epoch_seconds": seconds, "images_per_second": config.steps_per_epoch * 128 / seconds,
+                          "gflops_per_second": flops / seconds / 1e9 if flops else None}
+
+    members = [sweep.Member(a, s, 2e-3) for a in ("elu", "relu", "leaky_relu") for s in range(args.seeds)]
+    config = engine.Config(model="lenet", train_size=len(y_np))
+    hyper = sweep.stacked_hyper(members)
+    state = sweep.init_stacked(config, hyper, shared_order=False)
+    epoch = jax.vmap(functools.partial(engine.train_epoch, config), in_axes=(0, 0, None, None))
+    compiled = jax.jit(epoch).lower(state, hyper, x, y).compile()
+    seconds, _ = timed_epochs(compiled, state, (hyper, x, y), max(1, args.epochs - 1))
+    results["lenet_sweep"] = {"members": len(members), "epoch_seconds": seconds,
+                              "ratio_to_single_epoch": seconds / single["lenet"],
+                              "speedup_over_sequential": len(members) * single["lenet"] / seconds}
+    results["compile_lenet"] = measure_compile("lenet")
+    results["torch"] = run_torch(args.torch_python, x_np, y_np, args.epochs)
+    if results["torch"]:
+        for model in ("lenet", "mlp"):
+            results[model]["torch_epoch_seconds"] = results["torch"][model]["epoch_seconds"]
+            results[model]["speedup_over_torch"] = results["torch"][model]["epoch_seconds"] / single[model]
+
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"results in {args.json}")
+    return 0
+
+
+def table(r: dict) -> str:
+    def torch_cols(model):
+        t = r[model].get("torch_epoch_seconds")
+        return ("n/a", "n/a") if t is None else (f"{t:.3f}", f"{r[model]['speedup_over_torch']:.2f}x")
+
+    lines = ["| measurement | mnist_jax | PyTorch | ratio |", "| --- | --- | --- | --- |"]
+    for model in ("lenet", "mlp"):
+        t, ratio = torch_cols(model)
+        lines.append(f"| {model} epoch seconds (batch 128) | {r[model]['epoch_seconds']:.3f} | {t} | {ratio} |")
+        lines.append(f"| {model} images/s | {r[model]['images_per_second']:,.0f} | | |")
+    s = r["lenet_sweep"]
+    lines.append(f"| lenet sweep of {s['members']}: epoch seconds | {s['epoch_seconds']:.3f} | | "
+                 f"{s['ratio_to_single_epoch']:.2f}x one run; {s['speedup_over_sequential']:.2f}x faster than "
+                 f"sequential |")
+    c = r["compile_lenet"]
+    lines.append(f"| lenet compile seconds, cold / cached | {c['cold_seconds']:.2f} / {c['warm_seconds']:.2f} | | |")
+    g = r["lenet"]["gflops_per_second"]
+    if g:
+        lines.append(f"| lenet achieved GFLOP/s (XLA cost analysis) | {g:.1f} | | "
+                     f"{g / r['matmul_peak_gflops']:.1%} of matmul peak {r['matmul_peak_gflops']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    cli.run(main)
