@@ -1,7 +1,8 @@
 """The two networks, with the activation chosen by an integer so that a sweep can vmap over it.
 
 LeNet works internally in a (channels, batch, height, width) layout and computes each convolution as im2col: the
-k*k shifted slices of the input stacked on a leading axis, then one (features x k*k*C) @ (k*k*C x pixels) matmul.
+k*k shifted slices of the input concatenated on the leading axis, then one (features x k*k*C) @ (k*k*C x pixels)
+matmul.
 That computes exactly what `lax.conv_general_dilated` does, but XLA:CPU runs it several times faster (long
 contiguous rows instead of 1- or 6-wide channel vectors), and under `vmap` it stays a batched matmul instead of a
 grouped convolution.
@@ -37,7 +38,8 @@ def im2col(x: jax.Array, size: int) -> jax.Array:
     """(C, B, H, W) -> (size*size*C, B*(H-size+1)*(W-size+1)) patches, rows ordered (row, col, channel) like HWIO."""
     channels, batch, height, width = x.shape
     out_h, out_w = height - size + 1, width - size + 1
-    shifted = jnp.stack([x[:, :, i:i + out_h, j:j + out_w] for i in range(size) for j in range(size)])
+    # concatenate, not stack: under vmap the member axis then stays in front, with no transposing copy.
+    shifted = jnp.concatenate([x[:, :, i:i + out_h, j:j + out_w] for i in range(size) for j in range(size)])
     return shifted.reshape(size * size * channels, batch * out_h * out_w)
 
 
