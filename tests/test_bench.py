@@ -1,0 +1,23 @@
+"""The benchmark runs end to end on tiny settings and writes every figure the README quotes."""
+
+import json
+
+import pytest
+
+from mnist_jax import bench, cli
+
+
+def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(bench.main, ["--train-limit", "512", "--epochs", "1", "--seeds", "1", "--json", str(out),
+                             "--torch-python", "/nonexistent/python"])
+    assert exit_info.value.code == 0
+    results = json.loads(out.read_text())
+    for model in ("lenet", "mlp"):
+        assert results[model]["epoch_seconds"] > 0 and results[model]["images_per_second"] > 0
+    assert results["lenet_sweep"]["members"] == 3 and results["lenet_sweep"]["epoch_seconds"] > 0
+    assert results["compile_lenet"]["cold_seconds"] > 0 and results["compile_lenet"]["warm_seconds"] > 0
+    assert results["matmul_peak_gflops"] > 0
+    assert results["torch"] is None  # that interpreter does not exist: the reference is skipped, not fatal
+    assert "| lenet epoch seconds" in capsys.readouterr().out
