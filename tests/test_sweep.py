@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import cli, engine, sweep, train
-from mnist_jax.export import load_sweep_member
+from mnist_jax.workdir import load_sweep_member
 from mnist_jax.workdir import load_run
 
 from conftest import kill_after_first_checkpoint_then_resume
