@@ -54,6 +54,9 @@ def add_recipe_args(parser: argparse.ArgumentParser, epochs: int = 12) -> None:
                         help="train on the first N training images only (quick experiments and tests)")
     parser.add_argument("--test-limit", type=positive_int, default=None,
                         help="evaluate on the first N test images only")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype; parameters and optimizer state stay float32. bfloat16 is for TPUs and "
+                             "GPUs (on a CPU it is slower) (default: %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="delete what the workdir holds and start over")
 
 
@@ -83,7 +86,7 @@ def build_config(args: argparse.Namespace, train_size: int):
 
     return Config(model=args.model, hidden=tuple(args.hidden) if args.model == "mlp" else (),
                   batch_size=args.batch_size, epochs=args.epochs, train_size=train_size,
-                  weight_decay=args.weight_decay)
+                  weight_decay=args.weight_decay, dtype=args.dtype)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
