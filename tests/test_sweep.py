@@ -153,3 +153,21 @@ def test_export_of_an_unknown_member_names_the_members(finished_sweep, tmp_path,
     assert run_sweep_in_process("--workdir", finished_sweep, "--export-member", "tanh,0", "--to", tmp_path) == 2
     err = capsys.readouterr().err
     assert "no member tanh,0" in err and "relu,0,0.002" in err and len(err.strip().splitlines()) == 1
+
+
+def test_shared_order_gives_every_member_the_same_batches_and_own_order_differs():
+    config = engine.Config(model="mlp", hidden=(8,), batch_size=64, epochs=1, train_size=1024)
+    hyper = sweep.stacked_hyper([sweep.Member("relu", 0, 1e-3), sweep.Member("elu", 1, 1e-3)])
+    orders = {}
+    for shared in (True, False):
+        state = sweep.init_stacked(config, hyper, shared_order=shared)
+        orders[shared] = jax.vmap(lambda s: engine.epoch_order(config, s))(state)
+    np.testing.assert_array_equal(orders[True][0], orders[True][1])
+    assert not np.array_equal(orders[False][0], orders[False][1])
+
+
+def test_sweep_flags_that_name_nothing_are_one_line_errors(tmp_path, capsys):
+    assert run_sweep_in_process("--activations", "relu,tanh", "--workdir", tmp_path) == 2
+    assert "unknown activation 'tanh'" in capsys.readouterr().err
+    assert run_sweep_in_process("--lrs", "0.1,x", "--workdir", tmp_path) == 2
+    assert "--lrs" in capsys.readouterr().err
