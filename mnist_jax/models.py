@@ -85,16 +85,26 @@ class Conv(nn.Module):
         return y + bias.astype(self.dtype)[:, None, None, None]
 
 
+def _pool_candidates(x: jax.Array):
+    return x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+
+
 @jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pooling with stride 2 over the last two axes.
 
-    The backward pass routes each gradient to the position that held the maximum (to each, on an exact tie)
-    through a mask and a broadcast, instead of the interior-padded transposes of strided slices that autodiff
-    would produce and that XLA:CPU fuses into, and recomputes inside, the neighbouring layers' backward passes.
+    The backward pass sends each gradient to the position the forward pass chose (the first of equal maxima),
+    remembered as a small int8 index, through a broadcast and a mask: autodiff would instead produce interior-padded
+    transposes of strided slices that XLA:CPU fuses into, and recomputes inside, the neighbouring layers.
     """
-    rows = jnp.maximum(x[..., 0::2, :], x[..., 1::2, :])
-    return jnp.maximum(rows[..., 0::2], rows[..., 1::2])
+    return _max_pool_with_index(x)[0]
+
+
+def _max_pool_with_index(x: jax.Array):
+    a, b, c, d = _pool_candidates(x)
+    top, bottom = jnp.maximum(a, b), jnp.maximum(c, d)
+    index = jnp.where(bottom > top, 2 + (d > c), (b > a).astype(jnp.int8)).astype(jnp.int8)
+    return jnp.maximum(top, bottom), index
 
 
 def _upsample_2x2(x: jax.Array) -> jax.Array:
@@ -102,13 +112,14 @@ def _upsample_2x2(x: jax.Array) -> jax.Array:
 
 
 def _max_pool_fwd(x):
-    pooled = max_pool_2x2(x)
-    return pooled, (x, pooled)
+    pooled, index = _max_pool_with_index(x)
+    return pooled, index
 
 
-def _max_pool_bwd(residuals, d_pooled):
-    x, pooled = residuals
-    return (jnp.where(x == _upsample_2x2(pooled), _upsample_2x2(d_pooled), 0.0).astype(x.dtype),)
+def _max_pool_bwd(index, d_pooled):
+    height, width = index.shape[-2] * 2, index.shape[-1] * 2
+    position = (2 * (jnp.arange(height) % 2)[:, None] + (jnp.arange(width) % 2)[None, :]).astype(jnp.int8)
+    return (jnp.where(_upsample_2x2(index) == position, _upsample_2x2(d_pooled), 0).astype(d_pooled.dtype),)
 
 
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)

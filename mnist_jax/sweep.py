@@ -114,6 +114,27 @@ def init_stacked(config, hyper, shared_order: bool):
     return state
 
 
+def sweep_epoch(config, shared_order: bool):
+    """`engine.train_epoch` vmapped over stacked members: (state, hyper, x, y) -> (state, metrics).
+
+    With a shared order the data key and epoch are taken out of the vmap, so the batch gather, conv1's patches and
+    conv1's weight gradient are computed once for all members (one wide matmul) instead of once per member.
+    """
+    import jax
+
+    from mnist_jax import engine
+
+    def own_order(state, hyper, x, y):
+        return jax.vmap(functools.partial(engine.train_epoch, config), in_axes=(0, 0, None, None))(state, hyper, x, y)
+
+    def one_order(state, hyper, x, y):
+        key, epoch = state.data_key[0], state.epoch[0]
+        member = lambda s, h: engine.train_epoch(config, s.replace(data_key=key, epoch=epoch), h, x, y)  # noqa: E731
+        return jax.vmap(member)(state, hyper)
+
+    return one_order if shared_order else own_order
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.export_member or args.to:
@@ -179,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     state, rows, finished_before = fit(
         args.workdir, config.epochs, init=lambda: init(hyper), abstract=abstract,
-        epoch_fn=jax.vmap(functools.partial(engine.train_epoch, config), in_axes=(0, 0, None, None)),
+        epoch_fn=sweep_epoch(config, args.shared_order),
         epoch_args=(hyper, *data[:2]), make_row=make_row, describe_row=describe_row, best_of_row=best_of_row,
         meta={"run": description, "stacked_members": len(padded)},
         label=f"sweep {args.model} x{len(members)}")
