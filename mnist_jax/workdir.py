@@ -67,26 +67,36 @@ def abstract_member(config: engine.Config, hyper: engine.Hyper, device: jax.Devi
     return checkpoint.with_sharding(abstract, jax.sharding.SingleDeviceSharding(device))
 
 
+def _config_of(run: dict) -> engine.Config:
+    return engine.Config(**{**run["config"], "hidden": tuple(run["config"]["hidden"])})
+
+
+def _choose_step(manager, workdir: Path, step: int | str) -> int:
+    """latest, best or an epoch number -> a step the manager holds, or a one-line error naming what it holds."""
+    steps = manager.all_steps()
+    if not steps:
+        raise UserError(f"{workdir} has no checkpoint yet: train first")
+    chosen = {"latest": manager.latest_step(), "best": manager.best_step()}.get(step, step)
+    if chosen not in steps:
+        raise UserError(f"{workdir} has no checkpoint {step}: it has {', '.join(map(str, steps))}")
+    return int(chosen)
+
+
 def load_run(workdir: Path, step: int | str = "latest"):
     """(config, hyper, state, step) of a single-model workdir at `step`: latest, best or an epoch number."""
     run_file = Path(workdir) / "run.json"
     if not run_file.exists():
         raise UserError(f"{workdir} is not a training workdir (no run.json): pass the --workdir a run wrote")
     run = json.loads(run_file.read_text())
-    config = engine.Config(**{**run["config"], "hidden": tuple(run["config"]["hidden"])})
+    config = _config_of(run)
     hyper = engine.Hyper.create(run["activation"], run["learning_rate"], run["seed"])
     manager = checkpoint.open_manager(Path(workdir) / "checkpoints")
     try:
-        steps = manager.all_steps()
-        chosen = {"latest": manager.latest_step(), "best": manager.best_step()}.get(step, step)
-        if not steps:
-            raise UserError(f"{workdir} has no checkpoint yet: train first")
-        if chosen not in steps:
-            raise UserError(f"{workdir} has no checkpoint {step}: it has {', '.join(map(str, steps))}")
-        state, _ = checkpoint.restore(manager, int(chosen), abstract_member(config, hyper, jax.devices()[0]))
+        chosen = _choose_step(manager, workdir, step)
+        state, _ = checkpoint.restore(manager, chosen, abstract_member(config, hyper, jax.devices()[0]))
     finally:
         manager.close()
-    return config, hyper, state, int(chosen)
+    return config, hyper, state, chosen
 
 
 def read_sweep(sweep_dir: Path) -> dict:
@@ -118,14 +128,11 @@ def load_sweep_member(sweep_dir: Path, spec: str, step: int | str = "latest"):
     """(config, hyper, member state, step, member dict) of one member of a sweep at `step`."""
     run = read_sweep(sweep_dir)
     index = find_member(run, spec)
-    config = engine.Config(**{**run["config"], "hidden": tuple(run["config"]["hidden"])})
+    config = _config_of(run)
     member = run["members"][index]
     manager = checkpoint.open_manager(Path(sweep_dir) / "checkpoints")
     try:
-        steps = manager.all_steps()
-        chosen = {"latest": manager.latest_step(), "best": manager.best_step()}.get(step, step)
-        if chosen not in steps:
-            raise UserError(f"{sweep_dir} has no checkpoint {step}: it has {', '.join(map(str, steps)) or 'none'}")
+        chosen = _choose_step(manager, sweep_dir, step)
         stacked = checkpoint.read_meta(manager, chosen)["stacked_members"]
         hyper_stack = jax.eval_shape(lambda: engine.Hyper.create(0, 0.0, 0))
         hyper_stack = jax.tree.map(lambda s: jax.ShapeDtypeStruct((stacked, *s.shape), s.dtype), hyper_stack)
@@ -135,7 +142,7 @@ def load_sweep_member(sweep_dir: Path, spec: str, step: int | str = "latest"):
     finally:
         manager.close()
     hyper = engine.Hyper.create(member["activation"], member["lr"], member["seed"])
-    return config, hyper, jax.tree.map(lambda leaf: leaf[index], state), int(chosen), member, index
+    return config, hyper, jax.tree.map(lambda leaf: leaf[index], state), chosen, member, index
 
 
 def load_model(workdir: Path, step: int | str = "latest", member: str | None = None):
