@@ -131,7 +131,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         print(f"error: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is checkpointed; run the same command to resume",
+        print("interrupted: training resumes from its last completed epoch when the same command is run again",
               file=sys.stderr)
         code = 130
     sys.exit(code)

@@ -136,8 +136,12 @@ def predict_logits(config: Config, params, hyper: Hyper, images: jax.Array) -> j
     return logits.reshape(-1, 10)[:n]
 
 
-def evaluate(config: Config, params, hyper: Hyper, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-    """Mean cross-entropy and accuracy over a whole split."""
-    logits = predict_logits(config, params, hyper, images)
+def metrics_of_logits(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Mean cross-entropy and accuracy of logits against integer labels."""
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+def evaluate(config: Config, params, hyper: Hyper, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Mean cross-entropy and accuracy over a whole split."""
+    return metrics_of_logits(predict_logits(config, params, hyper, images), labels)

@@ -54,11 +54,11 @@ def recorded_accuracy(workdir: Path, step: int, member: str | None) -> float | N
 
 
 def confusion_png(matrix, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from mnist_jax.results import pyplot
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     shown = np.log1p(matrix)
@@ -76,11 +76,11 @@ def confusion_png(matrix, path: Path, title: str) -> None:
 
 def errors_png(images, labels, predicted, confidence, path: Path, count: int) -> int:
     """A grid of the most confidently wrong images, titled true -> predicted (probability)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from mnist_jax.results import pyplot
+
+    plt = pyplot()
 
     wrong = np.flatnonzero(predicted != labels)
     worst = wrong[np.argsort(-confidence[wrong])][:count]
@@ -120,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"data: {ds.describe()}")
     images, labels = ds.x_test[:run["test_limit"]], ds.y_test[:run["test_limit"]]
 
-    result = jax.jit(engine.evaluate, static_argnums=0)(config, state.params, hyper, images, labels)
     logits = jax.jit(engine.predict_logits, static_argnums=0)(config, state.params, hyper, images)
+    result = jax.jit(engine.metrics_of_logits)(logits, labels)
     probabilities = np.asarray(jax.nn.softmax(logits))
     predicted = probabilities.argmax(-1)
     confidence = probabilities.max(-1)

@@ -109,13 +109,19 @@ def markdown(summary: list[dict], pairs: list[dict], members: list[dict]) -> str
     return "\n".join(lines) + "\n"
 
 
-def plot(workdir: Path, rows: list[dict]) -> list[Path]:
-    """test_accuracy.png and train_loss.png: per lr, one line per activation (mean over seeds), band min..max."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend: every figure here is written to PNG, none shown."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(workdir: Path, rows: list[dict]) -> list[Path]:
+    """test_accuracy.png and train_loss.png: per lr, one line per activation (mean over seeds), band min..max."""
+    plt = pyplot()
     epochs = [row["epoch"] for row in rows]
     first = rows[0]["members"]
     lrs = list(dict.fromkeys(m["lr"] for m in first))
