@@ -59,13 +59,13 @@ def test_im2col_conv_matches_lax_conv_in_values_and_gradients(padding, channels_
 
 
 def _compare_conv_with_lax(padding, channels_in, features):
-    x = jax.random.normal(jax.random.PRNGKey(1), (channels_in, 4, 14, 14), jnp.float64)  # (C, B, H, W)
+    x = jax.random.normal(jax.random.PRNGKey(1), (channels_in, 14, 14, 4), jnp.float64)  # (C, H, W, B)
     conv = Conv(features, kernel_size=5, padding=padding, dtype=jnp.float64)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), conv.init(jax.random.PRNGKey(2), x))
 
     def reference(params, x):
         y = jax.lax.conv_general_dilated(x, params["params"]["kernel"], (1, 1), padding,
-                                         dimension_numbers=("CNHW", "HWIO", "CNHW"),
+                                         dimension_numbers=("CHWN", "HWIO", "CHWN"),
                                          precision=jax.lax.Precision.HIGHEST)
         return y + params["params"]["bias"][:, None, None, None]
 
@@ -78,25 +78,25 @@ def _compare_conv_with_lax(padding, channels_in, features):
 
 def test_conv_rejects_unknown_padding():
     with pytest.raises(ValueError, match="padding"):
-        Conv(4, padding="FULL").init(jax.random.PRNGKey(0), np.zeros((1, 1, 8, 8), np.float32))
+        Conv(4, padding="FULL").init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))
 
 
 def test_max_pool_takes_the_largest_of_each_2x2_block():
-    x = jnp.arange(2 * 4 * 6, dtype=jnp.float32).reshape(2, 4, 6) * jnp.array([1.0, -1.0])[:, None, None]
-    expected = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2), (1, 2, 2), "VALID")
+    x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3) * jnp.array([1.0, -1.0, 0.5])
+    expected = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     chex.assert_trees_all_equal(max_pool_2x2(x), expected)
 
 
 @pytest.mark.parametrize("index", range(3))
 def test_pooling_before_the_activation_is_the_same_function(index):
-    x = jax.random.normal(jax.random.PRNGKey(index), (3, 2, 8, 8))
+    x = jax.random.normal(jax.random.PRNGKey(index), (3, 8, 8, 2))
     chex.assert_trees_all_equal(max_pool_2x2(activate(index, x)), activate(index, max_pool_2x2(x)))
 
 
 def test_max_pool_gradient_matches_autodiff_of_reduce_window():
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 8, 8))  # continuous values: no ties
-    weights = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 4, 4))
-    reference = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")  # noqa: E731
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 2))  # continuous values: no ties
+    weights = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 2))
+    reference = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
     chex.assert_trees_all_equal(jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * weights))(x),
                                 jax.grad(lambda x: jnp.sum(reference(x) * weights))(x))
 
@@ -104,7 +104,7 @@ def test_max_pool_gradient_matches_autodiff_of_reduce_window():
 def test_im2col_gradient_is_its_exact_transpose():
     from mnist_jax.models import im2col
 
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 9, 9))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3))
     d = jax.random.normal(jax.random.PRNGKey(1), im2col(x, 5).shape)
     _, reference_vjp = jax.vjp(lambda x: im2col.fun(x, 5), x)
     chex.assert_trees_all_close(jax.vjp(lambda x: im2col(x, 5), x)[1](d), reference_vjp(d), atol=1e-5)
