@@ -1,4 +1,4 @@
-"""The networks: sizes, shapes, the activation switch and the im2col convolution."""
+"""The networks: sizes, shapes, the activation switch and the block-Toeplitz convolution."""
 
 import chex
 import flax.linen as nn
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax.models import ACTIVATIONS, Conv, activate, make_model, max_pool_2x2
+from mnist_jax.models import ACTIVATIONS, Conv, activate, make_model, max_pool_2x2, normalize
 
 
 def count_params(params) -> int:
@@ -50,17 +50,17 @@ def test_activation_index_is_data_so_one_vmap_covers_all_activations():
     chex.assert_trees_all_equal(stacked, jnp.stack([nn.elu(x), nn.relu(x), nn.leaky_relu(x)]))
 
 
-@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("padding, block", [("SAME", 1), ("SAME", 2), ("SAME", 7), ("VALID", 1), ("VALID", 5)])
 @pytest.mark.parametrize("channels_in, features", [(1, 6), (6, 16)])
-def test_im2col_conv_matches_lax_conv_in_values_and_gradients(padding, channels_in, features):
+def test_block_toeplitz_conv_matches_lax_conv_in_values_and_gradients(padding, block, channels_in, features):
     # In float64, so that what is compared is the formulation, not float32 summation order.
     with jax.enable_x64(True):
-        _compare_conv_with_lax(padding, channels_in, features)
+        _compare_conv_with_lax(padding, block, channels_in, features)
 
 
-def _compare_conv_with_lax(padding, channels_in, features):
+def _compare_conv_with_lax(padding, block, channels_in, features):
     x = jax.random.normal(jax.random.PRNGKey(1), (channels_in, 14, 14, 4), jnp.float64)  # (C, H, W, B)
-    conv = Conv(features, kernel_size=5, padding=padding, dtype=jnp.float64)
+    conv = Conv(features, kernel_size=5, padding=padding, block=block, dtype=jnp.float64)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), conv.init(jax.random.PRNGKey(2), x))
 
     def reference(params, x):
@@ -81,6 +81,36 @@ def test_conv_rejects_unknown_padding():
         Conv(4, padding="FULL").init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))
 
 
+def test_conv_rejects_a_block_that_does_not_divide_the_output_width():
+    with pytest.raises(ValueError, match="block 3 must divide the output width 8"):
+        Conv(4, block=3).init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))
+
+
+def test_lenet_float32_forward_and_gradients_match_a_lax_conv_lenet():
+    """The whole LeNet in float32 against the same network written with lax convolutions and reduce_window."""
+    model = make_model("lenet")
+    images = jax.random.randint(jax.random.PRNGKey(0), (8, 28, 28), 0, 256).astype(jnp.uint8)
+    params = model.init(jax.random.PRNGKey(1), images, jnp.int32(0))
+
+    def reference(params, images):
+        p = params["params"]
+        x = normalize(images)[..., None]  # NHWC
+        for name, padding in (("Conv_0", "SAME"), ("Conv_1", "VALID")):
+            x = jax.lax.conv_general_dilated(x, p[name]["kernel"], (1, 1), padding,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             precision=jax.lax.Precision.HIGHEST) + p[name]["bias"]
+            x = nn.elu(jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"))
+        x = x.reshape(len(images), -1)
+        for name in ("Dense_0", "Dense_1"):
+            x = nn.elu(x @ p[name]["kernel"] + p[name]["bias"])
+        return x @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
+
+    chex.assert_trees_all_close(model.apply(params, images, jnp.int32(0)), reference(params, images), atol=1e-4)
+    loss = lambda f: lambda p: jnp.sum(jax.nn.log_softmax(f(p)))  # noqa: E731
+    chex.assert_trees_all_close(jax.grad(loss(lambda p: model.apply(p, images, jnp.int32(0))))(params),
+                                jax.grad(loss(lambda p: reference(p, images)))(params), atol=1e-4, rtol=1e-4)
+
+
 def test_max_pool_takes_the_largest_of_each_2x2_block():
     x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3) * jnp.array([1.0, -1.0, 0.5])
     expected = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
@@ -99,12 +129,3 @@ def test_max_pool_gradient_matches_autodiff_of_reduce_window():
     reference = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
     chex.assert_trees_all_equal(jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * weights))(x),
                                 jax.grad(lambda x: jnp.sum(reference(x) * weights))(x))
-
-
-def test_im2col_gradient_is_its_exact_transpose():
-    from mnist_jax.models import im2col
-
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3))
-    d = jax.random.normal(jax.random.PRNGKey(1), im2col(x, 5).shape)
-    _, reference_vjp = jax.vjp(lambda x: im2col.fun(x, 5), x)
-    chex.assert_trees_all_close(jax.vjp(lambda x: im2col(x, 5), x)[1](d), reference_vjp(d), atol=1e-5)
