@@ -20,17 +20,21 @@ BEST_METRIC = "test_accuracy"
 
 
 def open_manager(directory: str | os.PathLike, keep_latest: int = 3) -> ocp.CheckpointManager:
-    """A manager that keeps the latest `keep_latest` steps plus the best by test accuracy."""
+    """A manager that keeps the latest `keep_latest` steps plus the best by test accuracy.
+
+    Saves are synchronous: a LeNet checkpoint takes about 0.07 s to write, but an async save left running beside the
+    next epoch slowed that epoch by about half (2.1 s against 1.4 s) on a 2-core CPU.
+    """
     best = lambda metrics: metrics[BEST_METRIC]  # noqa: E731
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(
             [policies.LatestN(keep_latest), policies.BestN(get_metric_fn=best, n=1)]),
-        best_fn=best, best_mode="max", create=True)
+        best_fn=best, best_mode="max", create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metrics: dict) -> None:
-    """Starts an async save of `state` and its JSON metadata; `metrics` rank it for the best-kept policy."""
+    """Saves `state` and its JSON metadata as step `step`; `metrics` rank it for the best-kept policy."""
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                  metrics={k: float(v) for k, v in metrics.items()})
 
