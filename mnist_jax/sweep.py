@@ -117,7 +117,7 @@ def init_stacked(config, hyper, shared_order: bool):
 def sweep_epoch(config, shared_order: bool):
     """`engine.train_epoch` vmapped over stacked members: (state, hyper, x, y) -> (state, metrics).
 
-    With a shared order the data key and epoch are taken out of the vmap, so the batch gather, conv1's patches and
+    With a shared order the data key and epoch are taken out of the vmap, so the batch gather, conv1's input windows and
     conv1's weight gradient are computed once for all members (one wide matmul) instead of once per member.
     """
     import jax
