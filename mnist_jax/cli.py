@@ -12,14 +12,22 @@ from typing import Callable, Sequence
 from mnist_jax.errors import UserError
 
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive whole number")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} must be a {what} whole number")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1, "positive")
+
+
+def non_negative_int(text: str) -> int:
+    return _whole_number(text, 0, "non-negative")
 
 
 def positive_float(text: str) -> float:
@@ -39,22 +47,26 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def add_recipe_args(parser: argparse.ArgumentParser, epochs: int = 12) -> None:
-    """Flags that shape the compiled program (engine.Config), shared by train and sweep."""
+def add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that shape the compiled program (engine.Config), shared by train and sweep; defaults from Config."""
+    from mnist_jax.engine import OPTIMIZERS, SCHEDULES, Config
     from mnist_jax.models import MODELS
 
-    parser.add_argument("--model", choices=MODELS, default="lenet", help="network to train (default: %(default)s)")
-    parser.add_argument("--epochs", type=positive_int, default=epochs, help="(default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=128, help="(default: %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=0.2,
-                        help="decoupled AdamW weight decay (default: %(default)s)")
-    parser.add_argument("--hidden", type=int_list, default=(256, 128),
-                        help="MLP hidden sizes, comma-separated (default: 256,128)")
-    parser.add_argument("--train-limit", type=positive_int, default=None,
-                        help="train on the first N training images only (quick experiments and tests)")
-    parser.add_argument("--test-limit", type=positive_int, default=None,
-                        help="evaluate on the first N test images only")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+    parser.add_argument("--model", choices=MODELS, default=Config.model, help="network to train (default: %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=Config.epochs, help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=Config.batch_size, help="(default: %(default)s)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer,
+                        help="; ".join(f"{name}: {o.description}, default lr {o.learning_rate:g}, weight decay "
+                                       f"{o.weight_decay:g}" for name, o in OPTIMIZERS.items())
+                        + " (default: %(default)s)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=Config.schedule,
+                        help="warmup-cosine: linear warmup over the first epoch to the peak learning rate, then "
+                             "cosine decay to zero; constant: the learning rate throughout (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="weight decay (default: the optimizer's, see --optimizer)")
+    parser.add_argument("--hidden", type=int_list, default=Config.hidden,
+                        help=f"MLP hidden sizes, comma-separated (default: {','.join(map(str, Config.hidden))})")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=Config.dtype,
                         help="compute dtype; parameters and optimizer state stay float32. bfloat16 is for TPUs and "
                              "GPUs (on a CPU it is slower) (default: %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="delete what the workdir holds and start over")
@@ -68,25 +80,47 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def load_data(args: argparse.Namespace):
-    """The dataset the flags ask for, cut to --train-limit/--test-limit; says which source was used."""
-    from mnist_jax.data import load_dataset
+    """(dataset, {split: (images, labels)}, the data part of the run record) for the flags; says what it uses.
+
+    The validation images are held out of the training images by data.split_validation, the same for every run;
+    --train-limit then takes the first N of the rest and --test-limit the first N test images.
+    """
+    from mnist_jax.data import VALIDATION_SEED, load_dataset, split_validation
 
     ds = load_dataset(args.data_source, args.dataset, args.data_dir)
-    print(f"data: {ds.describe()}")
-    splits = (ds.x_train[:args.train_limit], ds.y_train[:args.train_limit],
-              ds.x_test[:args.test_limit], ds.y_test[:args.test_limit])
-    if args.batch_size > len(splits[1]):
-        raise UserError(f"--batch-size {args.batch_size} is larger than the {len(splits[1])} training images: "
-                        "choose a smaller batch")
-    return ds, splits
+    if args.validation_size >= len(ds.y_train):
+        raise UserError(f"--validation-size {args.validation_size} is not smaller than the {len(ds.y_train)} "
+                        "training images: choose a smaller one (0 turns validation off)")
+    train, validation = split_validation(len(ds.y_train), args.validation_size)
+    train = train[:args.train_limit]
+    if len(train) < args.batch_size:
+        raise UserError(f"{len(train)} training images remain after --validation-size {args.validation_size}"
+                        + (f" and --train-limit {args.train_limit}" if args.train_limit else "")
+                        + f", fewer than one batch of {args.batch_size}: hold out fewer images or choose a smaller "
+                          "--batch-size")
+    splits = {"train": (ds.x_train[train], ds.y_train[train])}
+    if len(validation):
+        splits["val"] = (ds.x_train[validation], ds.y_train[validation])
+    splits["test"] = (ds.x_test[:args.test_limit], ds.y_test[:args.test_limit])
+    counts = ", ".join(f"{len(labels)} {name}" for name, (_, labels) in splits.items())
+    print(f"data: {ds.describe()}; using {counts}")
+    record = {"dataset": args.dataset, "test_limit": args.test_limit,
+              "validation": {"images": len(validation), "permutation_seed": VALIDATION_SEED}}
+    return ds, splits, record
+
+
+def image_counts(splits: dict) -> dict[str, int]:
+    """How many images each split holds, as summaries and results record them (0 validation images: none)."""
+    return {"train_images": len(splits["train"][1]), "validation_images": len(splits.get("val", ((), ()))[1]),
+            "test_images": len(splits["test"][1])}
 
 
 def build_config(args: argparse.Namespace, train_size: int):
     from mnist_jax.engine import Config
 
     return Config(model=args.model, hidden=tuple(args.hidden) if args.model == "mlp" else (),
-                  batch_size=args.batch_size, epochs=args.epochs, train_size=train_size,
-                  weight_decay=args.weight_decay, dtype=args.dtype)
+                  batch_size=args.batch_size, epochs=args.epochs, train_size=train_size, optimizer=args.optimizer,
+                  schedule=args.schedule, weight_decay=args.weight_decay, dtype=args.dtype)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +136,21 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-dir", type=Path, default=None,
                        help="directory of IDX files, or a tfds data_dir (default: none; tfds uses "
                             "~/tensorflow_datasets)")
+
+
+def add_split_args(parser: argparse.ArgumentParser) -> None:
+    """--validation-size, --train-limit and --test-limit: which images train, select and report (train, sweep)."""
+    from mnist_jax.data import VALIDATION_SIZE
+
+    group = parser.add_argument_group("splits")
+    group.add_argument("--validation-size", type=non_negative_int, default=VALIDATION_SIZE,
+                       help="training images held out for validation, the same ones for every run and seed; the "
+                            "best checkpoint is chosen on them (0: no validation split, the best is the latest) "
+                            "(default: %(default)s)")
+    group.add_argument("--train-limit", type=positive_int, default=None,
+                       help="train on the first N of the remaining training images only (quick experiments, tests)")
+    group.add_argument("--test-limit", type=positive_int, default=None,
+                       help="evaluate on the first N test images only")
 
 
 def add_cache_arg(parser: argparse.ArgumentParser) -> None:

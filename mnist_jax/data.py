@@ -29,6 +29,10 @@ SPLIT_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+# The validation split: this many training images held out by one fixed permutation, so every run, member and seed
+# of every dataset holds out the same images (train loads what remains).
+VALIDATION_SIZE = 5000
+VALIDATION_SEED = 20261129
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -225,3 +229,11 @@ def load_dataset(source: str = "auto", dataset: str = "mnist", data_dir: str | o
         return load_bundled()
     raise UserError(f"no local copy of {dataset} found: pass --data-dir DIR with its IDX files "
                     "(e.g. /usr/share/datasets/fashion-mnist) or use --data-source tfds")
+
+
+def split_validation(n_train: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, validation indices), both sorted: the first `size` of a fixed permutation are held out."""
+    held_out = np.random.default_rng(VALIDATION_SEED).permutation(n_train)[:size]
+    keep = np.ones(n_train, bool)
+    keep[held_out] = False
+    return np.flatnonzero(keep), np.sort(held_out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import chex
 import jax
@@ -22,19 +22,68 @@ from mnist_jax.models import ACTIVATIONS, make_model
 DIVERGENCE_LOSS = 10 * math.log(10)
 
 
+def _adamw(learning_rate: jax.Array, weight_decay: float) -> optax.GradientTransformation:
+    return optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, weight_decay=weight_decay)
+
+
+def _sgd(learning_rate: jax.Array, weight_decay: float) -> optax.GradientTransformation:
+    sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+    return optax.chain(optax.add_decayed_weights(weight_decay), sgd) if weight_decay else sgd
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """An optimizer of the registry: how to build it around a (traced) peak learning rate, and its defaults."""
+
+    build: Callable[[jax.Array, float], optax.GradientTransformation]
+    learning_rate: float
+    weight_decay: float
+    description: str
+
+
+# The one place for each optimizer's defaults; flags, sweeps and summaries read them from here.
+OPTIMIZERS = {
+    "adamw": Optimizer(_adamw, learning_rate=2e-3, weight_decay=0.2, description="AdamW (decoupled weight decay)"),
+    "sgd": Optimizer(_sgd, learning_rate=0.03, weight_decay=0.0,
+                     description="SGD with Nesterov momentum 0.9 (L2 weight decay only if given)"),
+}
+
+
+def _warmup_cosine(warmup_steps: int, total_steps: int) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(0.0, 1.0, max(warmup_steps, 1), max(total_steps, 2))
+
+
+def _constant(warmup_steps: int, total_steps: int) -> optax.Schedule:
+    return optax.constant_schedule(1.0)
+
+
+# Multipliers of the peak learning rate over the run's steps.
+SCHEDULES = {"warmup-cosine": _warmup_cosine, "constant": _constant}
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that shapes the compiled program; hashable, so it is a static argument of `jit`."""
+    """Everything that shapes the compiled program; hashable, so it is a static argument of `jit`.
+
+    Its field defaults are the project's defaults: the command-line flags read them from here. `weight_decay` None
+    means the optimizer's own default (OPTIMIZERS), filled in on creation.
+    """
 
     model: str = "lenet"
     hidden: tuple[int, ...] = (256, 128)
     batch_size: int = 128
     epochs: int = 12
-    train_size: int = 60000
-    weight_decay: float = 0.2
+    train_size: int = 55000
+    optimizer: str = "adamw"
+    schedule: str = "warmup-cosine"
+    weight_decay: float | None = None
     warmup_epochs: float = 1.0
     dtype: str = "float32"
     eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        if self.weight_decay is None:
+            object.__setattr__(self, "weight_decay", OPTIMIZERS[self.optimizer].weight_decay)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -67,12 +116,11 @@ class TrainState:
 
 
 def make_optimizer(config: Config, learning_rate: jax.Array) -> optax.GradientTransformation:
-    """AdamW whose peak learning rate is data (inject_hyperparams), under a warmup + cosine schedule."""
+    """The configured optimizer, its peak learning rate data (inject_hyperparams), scaled by the schedule."""
     total = config.epochs * config.steps_per_epoch
     warmup = min(int(config.warmup_epochs * config.steps_per_epoch), total - 1)
-    shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, max(warmup, 1), max(total, 2))
-    adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, weight_decay=config.weight_decay)
-    return optax.chain(adamw, optax.scale_by_schedule(shape))
+    optimizer = OPTIMIZERS[config.optimizer].build(learning_rate, config.weight_decay)
+    return optax.chain(optimizer, optax.scale_by_schedule(SCHEDULES[config.schedule](warmup, total)))
 
 
 def _model(config: Config):
@@ -116,15 +164,14 @@ def epoch_order(config: Config, state: TrainState) -> jax.Array:
 
 
 def train_epoch(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array):
-    """One epoch as a `lax.scan` over its steps; returns the new state and the epoch's train loss and accuracy."""
+    """One epoch as a `lax.scan` over its steps; returns the new state and the epoch's (as trained) loss and accuracy."""
     chex.assert_shape(x_train, (config.train_size, 28, 28))
 
     def step(state, batch_indices):
         return train_step(config, state, hyper, x_train[batch_indices], y_train[batch_indices])
 
     state, (losses, correct) = jax.lax.scan(step, state, epoch_order(config, state))
-    metrics = {"train_loss": jnp.mean(losses),
-               "train_accuracy": jnp.sum(correct) / (config.steps_per_epoch * config.batch_size)}
+    metrics = {"loss": jnp.mean(losses), "accuracy": jnp.sum(correct) / (config.steps_per_epoch * config.batch_size)}
     return state.replace(epoch=state.epoch + 1), metrics
 
 
@@ -145,3 +192,8 @@ def metrics_of_logits(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Arr
 def evaluate(config: Config, params, hyper: Hyper, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     """Mean cross-entropy and accuracy over a whole split."""
     return metrics_of_logits(predict_logits(config, params, hyper, images), labels)
+
+
+def evaluate_splits(config: Config, params, hyper: Hyper, splits: dict[str, tuple[jax.Array, jax.Array]]):
+    """{split name: (images, labels)} -> {split name: {"loss", "accuracy"}}, e.g. for "val" and "test"."""
+    return {name: evaluate(config, params, hyper, images, labels) for name, (images, labels) in splits.items()}

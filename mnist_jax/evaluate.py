@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Sequence
 
 from mnist_jax import cli
-from mnist_jax.errors import UserError
 
 
 def checkpoint_choice(text: str) -> str | int:
@@ -24,7 +23,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     """--workdir, --checkpoint and --member: which trained model to load (shared with predict)."""
     parser.add_argument("--workdir", type=Path, required=True, help="a workdir written by train or sweep")
     parser.add_argument("--checkpoint", type=checkpoint_choice, default="latest",
-                        help="latest, best (by test accuracy) or an epoch number (default: %(default)s)")
+                        help="latest, best (by validation accuracy; the latest where the run had no validation split) "
+                             "or an epoch number (default: %(default)s)")
     parser.add_argument("--member", default=None, metavar="ACTIVATION,SEED[,LR]",
                         help="for a sweep workdir: which member")
 
@@ -108,14 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from mnist_jax import engine
     from mnist_jax.data import load_dataset
-    from mnist_jax.workdir import load_model
+    from mnist_jax.workdir import load_model, read_run, selection_of
 
     workdir = args.workdir
-    run_file = workdir / "run.json"
-    if not run_file.exists():
-        raise UserError(f"{workdir} is not a training workdir (no run.json): pass the --workdir a run wrote")
-    run = json.loads(run_file.read_text())
+    run = read_run(workdir)
     config, hyper, state, step = load_model(workdir, args.checkpoint, args.member)
+    selected_by = {"checkpoint": args.checkpoint, **selection_of(workdir, step)}
     ds = load_dataset(args.data_source, run["dataset"], args.data_dir)
     print(f"data: {ds.describe()}")
     images, labels = ds.x_test[:run["test_limit"]], ds.y_test[:run["test_limit"]]
@@ -132,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     name = f"{workdir}" + (f" member {args.member}" if args.member else "")
     recorded = recorded_accuracy(workdir, step, args.member)
-    print(f"{name}, checkpoint of epoch {step}: test accuracy {accuracy:.2%}, test loss {loss:.4f}"
+    chosen = "" if args.checkpoint != "best" else \
+        f" (best by {selected_by['metric']} {selected_by['value']:.4g}" + (" of all members)" if args.member else ")")
+    print(f"{name}, checkpoint of epoch {step}{chosen}: test accuracy {accuracy:.2%}, test loss {loss:.4f}"
           + (f" (training recorded {recorded:.2%})" if recorded is not None else ""))
     print("per-class accuracy: " + "  ".join(f"{d}: {a:.2%}" for d, a in enumerate(per_class)))
     print("confusion matrix (rows: true digit, columns: predicted):")
@@ -145,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     confusion_png(matrix, out / "confusion_matrix.png", f"{name}, epoch {step}: {accuracy:.2%}")
     shown = errors_png(images, labels, predicted, confidence, out / "most_confident_errors.png", args.errors)
     (out / "evaluation.json").write_text(json.dumps({
-        "workdir": str(workdir), "member": args.member, "epoch": step, "test_accuracy": accuracy, "test_loss": loss,
+        "workdir": str(workdir), "member": args.member, "epoch": step, "selected_by": selected_by,
+        "test_accuracy": accuracy, "test_loss": loss,
         "recorded_test_accuracy": recorded, "per_class_accuracy": per_class, "confusion_matrix": matrix.tolist()},
         indent=2) + "\n")
     print(f"wrote {out / 'confusion_matrix.png'}, {out / 'most_confident_errors.png'} ({shown} images) and "

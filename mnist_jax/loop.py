@@ -2,35 +2,53 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 from tqdm import tqdm
 
-from mnist_jax import checkpoint
+from mnist_jax import checkpoint, metrics
 from mnist_jax.workdir import read_metrics
 
 
-def fit(workdir: Path, epochs: int, init: Callable[[], Any], abstract: Any, epoch_fn: Callable, epoch_args: tuple,
-        make_row: Callable[[int, Any, dict, float], dict], describe_row: Callable[[dict], str],
-        best_of_row: Callable[[dict], float], meta: dict, label: str) -> tuple[Any, list[dict], bool]:
-    """Trains `state` from its latest checkpoint in `workdir` to `epochs`.
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What `fit` trains: one model, or a sweep's stacked members.
 
-    `epoch_fn(state, *epoch_args) -> (state, train_metrics)` is jitted here; `make_row` turns an epoch's result into
-    its metrics.jsonl row (evaluation included). Returns (state, rows, whether it was already finished).
+    `epoch(state, *epoch_args) -> (state, train metrics)` is jitted by `fit`; the data travel in `epoch_args` rather
+    than inside the program. `evaluate(state)` returns {split: {metric: value}} for the held-out splits. `label`
+    names the progress bar and `describe(row)` is the line printed after each epoch.
+    """
+
+    init: Callable[[], Any]
+    abstract: Any
+    epoch: Callable
+    epoch_args: tuple
+    evaluate: Callable[[Any], dict]
+    images_per_epoch: int
+    label: str
+    describe: Callable[[dict], str]
+    members: Sequence[dict] | None = None
+
+
+def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dict], bool]:
+    """Trains `run` from its latest checkpoint in `workdir` to `epochs`, one metrics row per epoch.
+
+    Returns (state, rows, whether it was already finished).
     """
     manager = checkpoint.open_manager(workdir / "checkpoints")
     try:
         start = manager.latest_step() or 0
         if start:
-            state, _ = checkpoint.restore(manager, start, abstract)
+            state, _ = checkpoint.restore(manager, start, run.abstract)
             print(f"resuming {workdir} after epoch {start} of {epochs}")
         else:
-            state = init()
+            state = run.init()
         metrics_path = workdir / "metrics.jsonl"
         rows = read_metrics(metrics_path, start)
         metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -38,24 +56,27 @@ def fit(workdir: Path, epochs: int, init: Callable[[], Any], abstract: Any, epoc
             return state, rows, True
 
         compile_started = time.time()
-        compiled = jax.jit(epoch_fn).lower(state, *epoch_args).compile()
+        compiled = jax.jit(run.epoch).lower(state, *run.epoch_args).compile()
         compile_seconds = time.time() - compile_started
         print(f"compiled the epoch program in {compile_seconds:.1f} s on {jax.default_backend()}")
 
-        bar = tqdm(range(start, epochs), initial=start, total=epochs, unit="epoch", desc=label, file=sys.stderr,
+        bar = tqdm(range(start, epochs), initial=start, total=epochs, unit="epoch", desc=run.label, file=sys.stderr,
                    dynamic_ncols=True)
         for epoch in range(start + 1, epochs + 1):
             epoch_started = time.time()
-            state, train_metrics = compiled(state, *epoch_args)
+            state, train_metrics = compiled(state, *run.epoch_args)
             jax.block_until_ready(state)
             seconds = time.time() - epoch_started + (compile_seconds if epoch == 1 else 0.0)
-            row = make_row(epoch, state, train_metrics, seconds)
+            row = metrics.make_row(epoch, {"train": train_metrics, **run.evaluate(state)}, state.diverged, seconds,
+                                   run.images_per_epoch, run.members)
             rows.append(row)
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            checkpoint.save(manager, epoch, state, {**meta, "epoch": epoch}, {checkpoint.BEST_METRIC: best_of_row(row)})
+            metric, score = metrics.selection_score(row)
+            checkpoint.save(manager, epoch, state, {**meta, "epoch": epoch, "selected_by": {metric: score}},
+                            {checkpoint.BEST_METRIC: score})
             bar.update()
-            bar.write(describe_row(row))
+            bar.write(run.describe(row))
         bar.close()
         manager.wait_until_finished()
     finally:

@@ -1,4 +1,9 @@
-"""A sweep's results as people read them: results.json, results.md with paired confidence intervals, plots."""
+"""A sweep's results as people read them: results.json, results.md with paired confidence intervals, plots.
+
+Two layers, and every choice is made on validation data: the whole grid of (activation, learning rate) with its
+validation accuracy, then each activation at the learning rate its validation accuracy selects, compared on the
+test set with paired intervals over seeds. Without a validation split nothing is selected.
+"""
 
 from __future__ import annotations
 
@@ -9,67 +14,107 @@ from pathlib import Path
 
 import numpy as np
 
-THRESHOLDS = (0.99, 0.98)
+from mnist_jax.metrics import SELECTION, metric_names
+
+THRESHOLDS = (0.99, 0.98)  # epochs to reach these validation accuracies measure convergence
+
+
+def _pct(threshold: float) -> int:
+    return round(threshold * 100)
 
 
 def member_results(rows: list[dict]) -> list[dict]:
-    """One entry per member: final accuracy and loss, divergence, first epoch at each accuracy threshold."""
+    """One entry per member: final metrics, divergence, first epoch at each validation accuracy threshold."""
     out = []
     for i, final in enumerate(rows[-1]["members"]):
         history = [row["members"][i] for row in rows]
         diverged_at = next((row["epoch"] for row, m in zip(rows, history) if m["diverged"]), None)
         entry = {"activation": final["activation"], "seed": final["seed"], "lr": final["lr"],
-                 "test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
-                 "train_loss": final["train_loss"],
+                 **{k: final[k] for k in metric_names(final)},
                  "diverged": bool(final["diverged"]), "diverged_epoch": diverged_at}
         for threshold in THRESHOLDS:
-            entry[f"epoch_to_{round(threshold * 100)}"] = next(
-                (row["epoch"] for row, m in zip(rows, history) if m["test_accuracy"] >= threshold), None)
+            entry[f"epoch_to_{_pct(threshold)}"] = next(
+                (row["epoch"] for row, m in zip(rows, history) if m.get(SELECTION, -1) >= threshold), None)
         out.append(entry)
     return out
 
 
+def _stats(values: list[float], name: str) -> dict:
+    values = np.asarray(values, dtype=float)
+    return {f"mean_{name}": float(values.mean()),
+            f"std_{name}": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            f"min_{name}": float(values.min()), f"max_{name}": float(values.max())}
+
+
 def summarize(members: list[dict]) -> list[dict]:
-    """Mean, std (over seeds), min and max of final test accuracy per (activation, lr), best first."""
+    """Per (activation, lr), in grid order: accuracy statistics over seeds, divergences, convergence."""
     groups: dict[tuple, list[dict]] = {}
     for m in members:
         groups.setdefault((m["activation"], m["lr"]), []).append(m)
     summary = []
     for (activation, lr), group in groups.items():
-        acc = np.array([m["test_accuracy"] for m in group])
-        summary.append({"activation": activation, "lr": lr, "n": len(group),
-                        "mean_test_accuracy": float(acc.mean()),
-                        "std_test_accuracy": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-                        "min_test_accuracy": float(acc.min()), "max_test_accuracy": float(acc.max()),
-                        "n_diverged": sum(m["diverged"] for m in group),
-                        "mean_train_loss": float(np.mean([m["train_loss"] for m in group]))})
+        entry = {"activation": activation, "lr": lr, "n": len(group)}
+        for metric in ("val_accuracy", "test_accuracy"):
+            if metric in group[0]:
+                entry.update(_stats([m[metric] for m in group], metric))
+        entry.update(n_diverged=sum(m["diverged"] for m in group),
+                     mean_train_loss=float(np.mean([m["train_loss"] for m in group])))
         for threshold in THRESHOLDS:
-            key = f"epoch_to_{round(threshold * 100)}"
+            key = f"epoch_to_{_pct(threshold)}"
             reached = [m[key] for m in group if m[key] is not None]
-            summary[-1][f"mean_{key}"] = float(np.mean(reached)) if reached else None
-            summary[-1][f"n_reached_{round(threshold * 100)}"] = len(reached)
-    return sorted(summary, key=lambda s: -s["mean_test_accuracy"])
+            entry[f"mean_{key}"] = float(np.mean(reached)) if reached else None
+            entry[f"n_reached_{_pct(threshold)}"] = len(reached)
+        summary.append(entry)
+    return summary
 
 
-def paired_differences(members: list[dict]) -> list[dict]:
-    """For each lr and pair of activations: mean difference over shared seeds with a 95% t interval."""
+def select(summary: list[dict]) -> list[dict]:
+    """Per activation, the lr of highest mean final validation accuracy (a tie goes to the smaller lr).
+
+    Diverged members count with the accuracy of their frozen parameters. Empty without a validation split.
+    """
+    if not summary or f"mean_{SELECTION}" not in summary[0]:
+        return []
+    selection = []
+    for activation in dict.fromkeys(s["activation"] for s in summary):
+        candidates = [s for s in summary if s["activation"] == activation]
+        best = max(candidates, key=lambda s: (s[f"mean_{SELECTION}"], -s["lr"]))
+        selection.append({"activation": activation, "lr": best["lr"], "n": best["n"],
+                          "mean_val_accuracy": best["mean_val_accuracy"],
+                          "mean_test_accuracy": best["mean_test_accuracy"],
+                          "std_test_accuracy": best["std_test_accuracy"],
+                          **{k: best[k] for k in ("mean_epoch_to_98", "n_reached_98", "mean_epoch_to_99",
+                                                  "n_reached_99", "mean_train_loss", "n_diverged")}})
+    return selection
+
+
+def paired_differences(members: list[dict], lr_of: dict[str, float]) -> list[dict]:
+    """Each pair of activations, each at its lr in `lr_of`: the mean difference of final test accuracy over the
+    seeds both have, with a 95% t interval. Diverged members count as they ended."""
     from scipy import stats
 
-    out = []
     by_key = {(m["activation"], m["lr"], m["seed"]): m for m in members}
-    activations = list(dict.fromkeys(m["activation"] for m in members))
-    for lr in dict.fromkeys(m["lr"] for m in members):
-        for a, b in itertools.combinations(activations, 2):
-            seeds = [s for (act, l_, s), m in by_key.items() if act == a and l_ == lr and (b, lr, s) in by_key
-                     and not m["diverged"] and not by_key[(b, lr, s)]["diverged"]]
-            d = np.array([by_key[(a, lr, s)]["test_accuracy"] - by_key[(b, lr, s)]["test_accuracy"] for s in seeds])
-            entry = {"lr": lr, "a": a, "b": b, "n": len(d), "mean_difference": float(d.mean()) if len(d) else None,
-                     "ci95_low": None, "ci95_high": None}
-            if len(d) > 1:
-                half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-                entry.update(ci95_low=float(d.mean() - half), ci95_high=float(d.mean() + half))
-            out.append(entry)
+    out = []
+    for a, b in itertools.combinations(lr_of, 2):
+        seeds = [s for (act, lr, s) in by_key if act == a and lr == lr_of[a] and (b, lr_of[b], s) in by_key]
+        d = np.array([by_key[(a, lr_of[a], s)]["test_accuracy"] - by_key[(b, lr_of[b], s)]["test_accuracy"]
+                      for s in seeds])
+        entry = {"a": a, "lr_a": lr_of[a], "b": b, "lr_b": lr_of[b], "n": len(d),
+                 "mean_difference": float(d.mean()) if len(d) else None, "ci95_low": None, "ci95_high": None}
+        if len(d) > 1:
+            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+            entry.update(ci95_low=float(d.mean() - half), ci95_high=float(d.mean() + half))
+        out.append(entry)
     return out
+
+
+def comparisons(members: list[dict], selection: list[dict]) -> list[dict]:
+    """Paired differences at the selected lrs; without a selection, at each lr the activations share."""
+    if selection:
+        return paired_differences(members, {s["activation"]: s["lr"] for s in selection})
+    activations = list(dict.fromkeys(m["activation"] for m in members))
+    return [p for lr in dict.fromkeys(m["lr"] for m in members)
+            for p in paired_differences(members, {a: lr for a in activations})]
 
 
 def _verdict(p: dict) -> str:
@@ -82,30 +127,58 @@ def _verdict(p: dict) -> str:
     return "not distinguishable from seed noise"
 
 
-def markdown(summary: list[dict], pairs: list[dict], members: list[dict]) -> str:
-    lines = ["| rank | activation | lr | n | test accuracy (mean ± std) | min | max | final train loss | "
-             "epochs to 98% | epochs to 99% | diverged |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def _grid(summary: list[dict], metric: str, selected: set[tuple]) -> list[str]:
+    lrs = list(dict.fromkeys(s["lr"] for s in summary))
+    cells = {(s["activation"], s["lr"]): s for s in summary}
+    lines = ["| activation | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "| --- |" + " --- |" * len(lrs)]
+    for activation in dict.fromkeys(s["activation"] for s in summary):
+        row = []
+        for lr in lrs:
+            s = cells.get((activation, lr))
+            text = "" if s is None else f"{s[f'mean_{metric}']:.2%} ± {s[f'std_{metric}']:.2%}" + (
+                f" ({s['n_diverged']} diverged)" if s["n_diverged"] else "")
+            row.append(f"**{text}**" if (activation, lr) in selected else text)
+        lines.append(f"| {activation} | " + " | ".join(row) + " |")
+    return lines
 
-    def reach(s, pct):
-        mean = s[f"mean_epoch_to_{pct}"]
-        return "never" if mean is None else f"{mean:.1f} ({s[f'n_reached_{pct}']}/{s['n']})"
 
-    for rank, s in enumerate(summary, 1):
-        lines.append(f"| {rank} | {s['activation']} | {s['lr']:g} | {s['n']} | {s['mean_test_accuracy']:.2%} ± "
-                     f"{s['std_test_accuracy']:.2%} | {s['min_test_accuracy']:.2%} | {s['max_test_accuracy']:.2%} | "
-                     f"{s['mean_train_loss']:.4f} | {reach(s, 98)} | {reach(s, 99)} | {s['n_diverged']} |")
-    lines += ["", "Paired differences of final test accuracy (same seeds, diverged members left out), "
-              "with 95% t confidence intervals:", "",
-              "| lr | a − b | n | mean difference | 95% CI | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+def _reach(s: dict, threshold: float) -> str:
+    pct = _pct(threshold)
+    mean = s[f"mean_epoch_to_{pct}"]
+    return "never" if mean is None else f"{mean:.1f} ({s[f'n_reached_{pct}']}/{s['n']})"
+
+
+def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], members: list[dict]) -> str:
+    n_seeds = max(s["n"] for s in summary)
+    if selection:
+        lines = [f"Final validation accuracy, mean ± std over {n_seeds} seeds; in bold the learning rate each "
+                 "activation selects (highest mean; a tie goes to the smaller lr):", "",
+                 *_grid(summary, SELECTION, {(s["activation"], s["lr"]) for s in selection}), "",
+                 "Each activation at its selected learning rate (epochs to a threshold: first epoch whose "
+                 "validation accuracy reached it, mean over the seeds that did):", "",
+                 "| activation | lr | n | val accuracy | test accuracy (mean ± std) | epochs to 98% | epochs to 99% | "
+                 "final train loss | diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for s in selection:
+            lines.append(f"| {s['activation']} | {s['lr']:g} | {s['n']} | {s['mean_val_accuracy']:.2%} | "
+                         f"{s['mean_test_accuracy']:.2%} ± {s['std_test_accuracy']:.2%} | {_reach(s, 0.98)} | "
+                         f"{_reach(s, 0.99)} | {s['mean_train_loss']:.4f} | {s['n_diverged']} |")
+        lines += ["", "Paired differences of final test accuracy, each activation at its selected learning rate "
+                  "(same seeds), with 95% t confidence intervals:", ""]
+    else:
+        lines = ["No validation split: nothing is selected. Final test accuracy, mean ± std over "
+                 f"{n_seeds} seeds:", "", *_grid(summary, "test_accuracy", set()), "",
+                 "Paired differences of final test accuracy at each learning rate (same seeds), with 95% t "
+                 "confidence intervals:", ""]
+    lines += ["| a − b | n | mean difference | 95% CI | verdict |", "| --- | --- | --- | --- | --- |"]
     for p in pairs:
         mean = "–" if p["mean_difference"] is None else f"{p['mean_difference'] * 100:+.3f} pts"
         ci = "–" if p["ci95_low"] is None else f"[{p['ci95_low'] * 100:+.3f}, {p['ci95_high'] * 100:+.3f}] pts"
-        lines.append(f"| {p['lr']:g} | {p['a']} − {p['b']} | {p['n']} | {mean} | {ci} | {_verdict(p)} |")
+        lines.append(f"| {p['a']} (lr {p['lr_a']:g}) − {p['b']} (lr {p['lr_b']:g}) | {p['n']} | {mean} | {ci} | "
+                     f"{_verdict(p)} |")
     diverged = [m for m in members if m["diverged"]]
     if diverged:
-        lines += ["", "Diverged: " + ", ".join(f"{m['activation']} seed {m['seed']} lr {m['lr']:g} "
-                                               f"(epoch {m['diverged_epoch']})" for m in diverged)]
+        lines += ["", "Diverged (counted with the accuracy of their frozen parameters): " + ", ".join(
+            f"{m['activation']} seed {m['seed']} lr {m['lr']:g} (epoch {m['diverged_epoch']})" for m in diverged)]
     return "\n".join(lines) + "\n"
 
 
@@ -119,32 +192,56 @@ def pyplot():
     return plt
 
 
-def plot(workdir: Path, rows: list[dict]) -> list[Path]:
-    """test_accuracy.png and train_loss.png: per lr, one line per activation (mean over seeds), band min..max."""
+def _band(ax, x, values: np.ndarray, label: str) -> None:
+    """Mean over the last axis as a line, min..max as a band."""
+    ax.plot(x, np.nanmean(values, axis=-1), label=label, marker="o" if len(x) < 8 else None)
+    ax.fill_between(x, np.nanmin(values, axis=-1), np.nanmax(values, axis=-1), alpha=0.2)
+
+
+def plot(workdir: Path, rows: list[dict], selection: list[dict] | None = None) -> list[Path]:
+    """learning_curves.png (validation or, without it, test accuracy and train loss against epoch, at the selected
+    lrs or else at every lr) and validation_vs_lr.png (final validation accuracy against lr, log axis)."""
     plt = pyplot()
-    epochs = [row["epoch"] for row in rows]
     first = rows[0]["members"]
-    lrs = list(dict.fromkeys(m["lr"] for m in first))
-    activations = list(dict.fromkeys(m["activation"] for m in first))
+    has_val = SELECTION in first[0]
+    groups = [(s["activation"], s["lr"]) for s in selection] if selection else \
+        list(dict.fromkeys((m["activation"], m["lr"]) for m in first))
+    accuracy = SELECTION if has_val else "test_accuracy"
     paths = []
-    for metric, title in (("test_accuracy", "test accuracy"), ("train_loss", "train loss")):
-        fig, axes = plt.subplots(1, len(lrs), figsize=(5 * len(lrs), 3.6), squeeze=False)
-        for ax, lr in zip(axes[0], lrs):
-            for activation in activations:
-                idx = [i for i, m in enumerate(first) if m["activation"] == activation and m["lr"] == lr]
-                values = np.array([[row["members"][i][metric] for i in idx] for row in rows], dtype=float)
-                ax.plot(epochs, np.nanmean(values, axis=1), label=activation)
-                ax.fill_between(epochs, np.nanmin(values, axis=1), np.nanmax(values, axis=1), alpha=0.2)
-            ax.set(title=f"lr {lr:g}", xlabel="epoch", ylabel=title)
-            if metric == "train_loss":
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-            ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [row["epoch"] for row in rows]
+    for activation, lr in groups:
+        idx = [i for i, m in enumerate(first) if (m["activation"], m["lr"]) == (activation, lr)]
+        for ax, metric in zip(axes, (accuracy, "train_loss")):
+            _band(ax, epochs, np.array([[row["members"][i][metric] for i in idx] for row in rows], dtype=float),
+                  f"{activation}, lr {lr:g}")
+    for ax, metric in zip(axes, (accuracy, "train_loss")):
+        ax.set(xlabel="epoch", ylabel=metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[1].set_yscale("log")
+    fig.suptitle("at the selected learning rates (mean over seeds, band min..max)" if selection else
+                 "every learning rate (mean over seeds, band min..max)", fontsize=10)
+    fig.tight_layout()
+    paths.append(workdir / "learning_curves.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    if has_val:
+        final = rows[-1]["members"]
+        lrs = sorted(dict.fromkeys(m["lr"] for m in final))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for activation in dict.fromkeys(m["activation"] for m in final):
+            values = [[m[SELECTION] for m in final if (m["activation"], m["lr"]) == (activation, lr)] for lr in lrs]
+            width = max(map(len, values))
+            _band(ax, lrs, np.array([v + [np.nan] * (width - len(v)) for v in values], dtype=float), activation)
+        ax.set(xscale="log", xlabel="peak learning rate", ylabel="final validation accuracy",
+               title="validation accuracy against learning rate (mean, band min..max)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
         fig.tight_layout()
-        path = workdir / f"{metric}.png"
-        fig.savefig(path, dpi=110)
+        paths.append(workdir / "validation_vs_lr.png")
+        fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
-        paths.append(path)
     return paths
 
 
@@ -152,11 +249,12 @@ def write_results(workdir: Path, rows: list[dict], environment: dict) -> str:
     """Writes results.json, results.md and the plots; returns the markdown."""
     members = member_results(rows)
     summary = summarize(members)
-    pairs = paired_differences(members)
+    selection = select(summary)
+    pairs = comparisons(members, selection)
     (workdir / "results.json").write_text(json.dumps(
-        {"members": members, "summary": summary, "paired_differences": pairs, "epochs": rows[-1]["epoch"],
-         "environment": environment}, indent=2) + "\n")
-    text = markdown(summary, pairs, members)
+        {"members": members, "summary": summary, "selection": selection, "paired_differences": pairs,
+         "epochs": rows[-1]["epoch"], "environment": environment}, indent=2) + "\n")
+    text = markdown(summary, selection, pairs, members)
     (workdir / "results.md").write_text(text)
-    plot(workdir, rows)
+    plot(workdir, rows, selection)
     return text

@@ -48,13 +48,15 @@ def parse_args(argv: Sequence[str] | None):
                         help="comma-separated activations (default: %(default)s)")
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds 0..N-1 (default: %(default)s)")
     parser.add_argument("--seed-list", default=None, help="explicit seeds, e.g. 3,7,11 (overrides --seeds)")
-    parser.add_argument("--lrs", default="0.002", help="comma-separated peak learning rates (default: %(default)s)")
+    parser.add_argument("--lrs", default=None,
+                        help="comma-separated peak learning rates (default: the optimizer's, see --optimizer)")
     parser.add_argument("--shared-order", action="store_true",
                         help="give every member the same batch order (default: each member's from its seed)")
     parser.add_argument("--workdir", type=Path, default=None, help="(default: checkpoints/sweep-<model>)")
     parser.add_argument("--export-member", default=None, metavar="ACTIVATION,SEED[,LR]",
                         help="write that member of the sweep in --workdir as a single-model workdir at --to")
     parser.add_argument("--to", type=Path, default=None, help="destination of --export-member")
+    cli.add_split_args(parser)
     cli.add_data_args(parser)
     cli.add_cache_arg(parser)
     args = parser.parse_args(argv)
@@ -63,13 +65,13 @@ def parse_args(argv: Sequence[str] | None):
     return args
 
 
-def member_grid(args) -> list[Member]:
+def member_grid(args, default_lr: float) -> list[Member]:
     activations = parse_list(str, args.activations, "--activations")
     for activation in activations:
         if activation not in ACTIVATIONS:
             raise UserError(f"unknown activation {activation!r} in --activations: choose from {', '.join(ACTIVATIONS)}")
     seeds = parse_list(int, args.seed_list, "--seed-list") if args.seed_list else list(range(args.seeds))
-    lrs = parse_list(float, args.lrs, "--lrs")
+    lrs = parse_list(float, args.lrs, "--lrs") if args.lrs else [default_lr]
     if any(not lr > 0 for lr in lrs):
         raise UserError(f"--lrs {args.lrs} must all be positive")
     return [Member(a, s, lr) for a, s, lr in itertools.product(activations, seeds, lrs)]
@@ -85,10 +87,12 @@ def stacked_hyper(members: Sequence[Member]):
                  jnp.asarray([m.seed for m in members], jnp.uint32))
 
 
-def sweep_description(config, members, args) -> dict:
-    description = {"kind": "sweep", "config": dataclasses.asdict(config),
-                   "members": [dataclasses.asdict(m) for m in members], "shared_order": args.shared_order,
-                   "dataset": args.dataset, "test_limit": args.test_limit}
+def sweep_description(config, members, shared_order: bool, data: dict) -> dict:
+    """The sweep's run record; `data` as in workdir.run_description."""
+    from mnist_jax.workdir import RUN_FORMAT
+
+    description = {"format": RUN_FORMAT, "kind": "sweep", "config": dataclasses.asdict(config),
+                   "members": [dataclasses.asdict(m) for m in members], "shared_order": shared_order, **data}
     return json.loads(json.dumps(description))
 
 
@@ -147,71 +151,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.enable_compile_cache(not args.no_compile_cache)
 
     import jax
-    import numpy as np
 
     from mnist_jax import checkpoint, engine, results
-    from mnist_jax.loop import fit
+    from mnist_jax.loop import Run, fit
     from mnist_jax.report import environment
     from mnist_jax.workdir import prepare_workdir
 
-    members = member_grid(args)
-    ds, (x_train, y_train, x_test, y_test) = cli.load_data(args)
-    config = cli.build_config(args, len(y_train))
+    members = member_grid(args, engine.OPTIMIZERS[args.optimizer].learning_rate)
+    ds, splits, data_record = cli.load_data(args)
+    config = cli.build_config(args, len(splits["train"][1]))
     n_devices = jax.device_count()
     padded = list(members) + [members[-1]] * (-len(members) % n_devices)  # padding repeats the last member
     members_sharding, replicated = member_sharding(n_devices)
     hyper = jax.device_put(stacked_hyper(padded), members_sharding)
-    data = jax.device_put((x_train, y_train, x_test, y_test), replicated)  # on the devices once, shared
+    data = jax.device_put(splits, replicated)  # on the devices once, shared
+    held_out = {name: split for name, split in data.items() if name != "train"}
 
-    description = sweep_description(config, members, args)
+    description = sweep_description(config, members, args.shared_order, data_record)
     prepare_workdir(args.workdir, description, args.fresh)
     print(f"sweep: {len(members)} members ({len(padded) - len(members)} padding) of {args.model} on "
           f"{n_devices} {jax.default_backend()} device(s), {config.epochs} epochs")
 
-    evaluate = jax.jit(jax.vmap(functools.partial(engine.evaluate, config), in_axes=(0, 0, None, None)))
+    evaluate = jax.jit(jax.vmap(functools.partial(engine.evaluate_splits, config), in_axes=(0, 0, None)))
     init = jax.jit(functools.partial(init_stacked, config, shared_order=args.shared_order),
                    out_shardings=members_sharding)
-    abstract = checkpoint.with_sharding(jax.eval_shape(init, hyper), members_sharding)
-    n = len(members)
-
-    def make_row(epoch, state, train_metrics, seconds):
-        result = evaluate(state.params, hyper, data[2], data[3])
-        columns = {"train_loss": train_metrics["train_loss"], "train_accuracy": train_metrics["train_accuracy"],
-                   "test_loss": result["loss"], "test_accuracy": result["accuracy"], "diverged": state.diverged}
-        columns = {k: np.asarray(v)[:n].tolist() for k, v in columns.items()}
-        return {"epoch": epoch, "epoch_seconds": round(seconds, 4),
-                "images_per_second": round(n * config.steps_per_epoch * config.batch_size / seconds, 1),
-                "members": [{**dataclasses.asdict(m), **{k: v[i] for k, v in columns.items()}}
-                            for i, m in enumerate(members)]}
-
-    def describe_row(row):
-        sound = [m for m in row["members"] if not m["diverged"]]
-        text = f"epoch {row['epoch']:3d}/{config.epochs}  {row['epoch_seconds']:.2f} s  "
-        if sound:
-            best = max(sound, key=lambda m: m["test_accuracy"])
-            worst = min(sound, key=lambda m: m["test_accuracy"])
-            text += (f"best {Member(best['activation'], best['seed'], best['lr']).label()} "
-                     f"{best['test_accuracy']:.2%}  worst {Member(worst['activation'], worst['seed'], worst['lr']).label()} "
-                     f"{worst['test_accuracy']:.2%}")
-        return text + f"  diverged {len(row['members']) - len(sound)}/{len(row['members'])}"
-
-    def best_of_row(row):
-        return float(np.mean([m["test_accuracy"] for m in row["members"]]))
-
-    state, rows, finished_before = fit(
-        args.workdir, config.epochs, init=lambda: init(hyper), abstract=abstract,
-        epoch_fn=sweep_epoch(config, args.shared_order),
-        epoch_args=(hyper, *data[:2]), make_row=make_row, describe_row=describe_row, best_of_row=best_of_row,
-        meta={"run": description, "stacked_members": len(padded)},
-        label=f"sweep {args.model} x{len(members)}")
+    run = Run(init=lambda: init(hyper),
+              abstract=checkpoint.with_sharding(jax.eval_shape(init, hyper), members_sharding),
+              epoch=sweep_epoch(config, args.shared_order), epoch_args=(hyper, *data["train"]),
+              evaluate=lambda state: evaluate(state.params, hyper, held_out),
+              images_per_epoch=len(members) * config.steps_per_epoch * config.batch_size,
+              label=f"sweep {args.model} x{len(members)}",
+              describe=lambda row: describe_row(row, config.epochs),
+              members=[dataclasses.asdict(m) for m in members])
+    state, rows, finished_before = fit(args.workdir, run, config.epochs,
+                                       meta={"run": description, "stacked_members": len(padded)})
     if finished_before:
         print(f"{args.workdir} already holds a finished sweep of {config.epochs} epochs")
     report = results.write_results(args.workdir, rows, environment={
         **environment(), "wall_seconds": round(time.time() - started, 2),
-        "data": {"dataset": ds.name, "source": ds.source, "train_images": int(len(y_train)),
-                 "test_images": int(len(y_test))}})
+        "data": {"dataset": ds.name, "source": ds.source, **cli.image_counts(splits)}})
     print(report)
     return 0
+
+
+def describe_row(row: dict, epochs: int) -> str:
+    """One console line per sweep epoch: the spread of the members' validation (else test) accuracy."""
+    from mnist_jax.metrics import SELECTION
+
+    members = row["members"]
+    metric = SELECTION if SELECTION in members[0] else "test_accuracy"
+    sound = [m for m in members if not m["diverged"]]
+    text = f"epoch {row['epoch']:3d}/{epochs}  {row['epoch_seconds']:.2f} s  "
+    if sound:
+        best, worst = (max(sound, key=lambda m: m[metric]), min(sound, key=lambda m: m[metric]))
+        name = lambda m: Member(m["activation"], m["seed"], m["lr"]).label()  # noqa: E731
+        text += f"{metric}: best {name(best)} {best[metric]:.2%}  worst {name(worst)} {worst[metric]:.2%}"
+    return text + f"  diverged {len(members) - len(sound)}/{len(members)}"
 
 
 if __name__ == "__main__":

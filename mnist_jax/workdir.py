@@ -14,12 +14,39 @@ from mnist_jax import checkpoint, engine
 from mnist_jax.errors import UserError
 
 
-def run_description(config: engine.Config, activation: str, learning_rate: float, seed: int, dataset: str,
-                    test_limit: int | None) -> dict:
-    """What makes two runs the same run: a workdir refuses to resume under anything else."""
-    description = {"config": dataclasses.asdict(config), "activation": activation, "learning_rate": learning_rate,
-                   "seed": seed, "dataset": dataset, "test_limit": test_limit}
+# The version of run.json's layout; a workdir of another version is refused rather than half understood. Version 2
+# added the validation split (before it, the best checkpoint was chosen on the test set).
+RUN_FORMAT = 2
+
+
+def run_description(config: engine.Config, activation: str, learning_rate: float, seed: int, data: dict) -> dict:
+    """What makes two runs the same run: a workdir refuses to resume under anything else.
+
+    `data` is the data part of the record (cli.load_data): dataset, test limit and validation split.
+    """
+    description = {"format": RUN_FORMAT, "config": dataclasses.asdict(config), "activation": activation,
+                   "learning_rate": learning_rate, "seed": seed, **data}
     return json.loads(json.dumps(description))  # as it reads back from run.json: tuples become lists
+
+
+def recipe(config: engine.Config, learning_rate: float) -> dict:
+    """The training recipe as summaries record it."""
+    return {"learning_rate": learning_rate, "optimizer": config.optimizer, "schedule": config.schedule,
+            "weight_decay": config.weight_decay, "batch_size": config.batch_size, "epochs": config.epochs,
+            "hidden": list(config.hidden)}
+
+
+def read_run(workdir: Path) -> dict:
+    """The run record of a workdir, or a one-line error saying why there is none that this version can use."""
+    run_file = Path(workdir) / "run.json"
+    if not run_file.exists():
+        raise UserError(f"{workdir} is not a training workdir (no run.json): pass the --workdir a run wrote")
+    run = json.loads(run_file.read_text())
+    if run.get("format") != RUN_FORMAT:
+        raise UserError(f"{workdir} was written by an earlier mnist_jax, before validation splits (its best "
+                        "checkpoint was chosen on the test set): train again into another --workdir, or rerun its "
+                        "command with --fresh to replace it")
+    return run
 
 
 def prepare_workdir(workdir: Path, description: dict, fresh: bool) -> None:
@@ -29,7 +56,7 @@ def prepare_workdir(workdir: Path, description: dict, fresh: bool) -> None:
             path = workdir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if run_file.exists():
-        stored = json.loads(run_file.read_text())
+        stored = read_run(workdir)
         if stored != description:
             diffs = _differences(stored, description)
             raise UserError(f"workdir {workdir} holds a different run ({diffs}): choose another --workdir, "
@@ -82,12 +109,20 @@ def _choose_step(manager, workdir: Path, step: int | str) -> int:
     return int(chosen)
 
 
+def selection_of(workdir: Path, step: int) -> dict:
+    """{"metric", "value"}: the score checkpoint `step` was kept by (metrics.selection_score, mean over members
+    in a sweep), as saved with it."""
+    manager = checkpoint.open_manager(Path(workdir) / "checkpoints")
+    try:
+        (metric, value), = checkpoint.read_meta(manager, step)["selected_by"].items()
+    finally:
+        manager.close()
+    return {"metric": metric, "value": value}
+
+
 def load_run(workdir: Path, step: int | str = "latest"):
     """(config, hyper, state, step) of a single-model workdir at `step`: latest, best or an epoch number."""
-    run_file = Path(workdir) / "run.json"
-    if not run_file.exists():
-        raise UserError(f"{workdir} is not a training workdir (no run.json): pass the --workdir a run wrote")
-    run = json.loads(run_file.read_text())
+    run = read_run(workdir)
     config = _config_of(run)
     hyper = engine.Hyper.create(run["activation"], run["learning_rate"], run["seed"])
     manager = checkpoint.open_manager(Path(workdir) / "checkpoints")
@@ -100,8 +135,7 @@ def load_run(workdir: Path, step: int | str = "latest"):
 
 
 def read_sweep(sweep_dir: Path) -> dict:
-    run_file = Path(sweep_dir) / "run.json"
-    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    run = read_run(sweep_dir) if (Path(sweep_dir) / "run.json").exists() else {}
     if run.get("kind") != "sweep":
         raise UserError(f"{sweep_dir} is not a sweep workdir (no sweep run.json): pass the --workdir a sweep wrote")
     return run
@@ -147,8 +181,7 @@ def load_sweep_member(sweep_dir: Path, spec: str, step: int | str = "latest"):
 
 def load_model(workdir: Path, step: int | str = "latest", member: str | None = None):
     """(config, hyper, state, step) of a single-model workdir, or of one --member of a sweep workdir."""
-    run_file = Path(workdir) / "run.json"
-    if run_file.exists() and json.loads(run_file.read_text()).get("kind") == "sweep":
+    if read_run(workdir).get("kind") == "sweep":
         if member is None:
             raise UserError(f"{workdir} is a sweep: name one member with --member ACTIVATION,SEED[,LR]")
         return load_sweep_member(workdir, member, step)[:4]
