@@ -15,7 +15,7 @@ HYPER = engine.Hyper.create("elu", 1e-3, 7)
 def test_state_and_metadata_round_trip_through_an_abstract_target(tmp_path):
     state = engine.init_member(CONFIG, HYPER).replace(epoch=jax.numpy.int32(3))
     manager = checkpoint.open_manager(tmp_path)
-    checkpoint.save(manager, 3, state, {"epoch": 3, "note": "x"}, {"test_accuracy": 0.5})
+    checkpoint.save(manager, 3, state, {"epoch": 3, "note": "x"}, {checkpoint.BEST_METRIC: 0.5})
     manager.wait_until_finished()
     restored, meta = checkpoint.restore(manager, 3, abstract_member(CONFIG, HYPER, jax.devices()[0]))
     manager.close()
@@ -28,7 +28,7 @@ def test_keeps_the_latest_three_and_the_best(tmp_path):
     state = engine.init_member(CONFIG, HYPER)
     manager = checkpoint.open_manager(tmp_path)
     for step, accuracy in enumerate([0.5, 0.9, 0.6, 0.7, 0.8, 0.75], start=1):
-        checkpoint.save(manager, step, state, {"epoch": step}, {"test_accuracy": accuracy})
+        checkpoint.save(manager, step, state, {"epoch": step}, {checkpoint.BEST_METRIC: accuracy})
     manager.wait_until_finished()
     assert manager.all_steps() == [2, 4, 5, 6]
     assert manager.latest_step() == 6
@@ -39,7 +39,7 @@ def test_keeps_the_latest_three_and_the_best(tmp_path):
 def test_a_damaged_step_is_named_in_the_error(tmp_path):
     state = engine.init_member(CONFIG, HYPER)
     manager = checkpoint.open_manager(tmp_path)
-    checkpoint.save(manager, 1, state, {"epoch": 1}, {"test_accuracy": 0.5})
+    checkpoint.save(manager, 1, state, {"epoch": 1}, {checkpoint.BEST_METRIC: 0.5})
     manager.wait_until_finished()
     for path in (tmp_path / "1" / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 0:

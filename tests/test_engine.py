@@ -45,7 +45,7 @@ def test_a_short_run_really_learns(small_mnist, model):
     losses = []
     for _ in range(config.epochs):
         state, metrics = train_epoch(config, state, hyper, x_train, y_train)
-        losses.append(float(metrics["train_loss"]))
+        losses.append(float(metrics["loss"]))
     after = engine.evaluate(config, state.params, hyper, x_test, y_test)
     assert int(state.epoch) == config.epochs
     assert losses[-1] < losses[0] < 2.5

@@ -98,7 +98,7 @@ def test_results_json_has_every_member_and_a_summary_per_activation(finished_swe
         assert {"n", "mean_test_accuracy", "std_test_accuracy", "min_test_accuracy", "max_test_accuracy"} <= set(s)
         assert s["n"] == 1
     assert "± " in (finished_sweep / "results.md").read_text()
-    for plot in ("test_accuracy.png", "train_loss.png"):
+    for plot in ("learning_curves.png", "validation_vs_lr.png"):
         assert (finished_sweep / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (finished_sweep / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and all(len(r["members"]) == 3 for r in rows)

@@ -43,13 +43,17 @@ def test_main_job_writes_metrics_summary_and_checkpoints(tmp_path, capsys):
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
     for row in rows:
-        assert set(row) == {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                            "epoch_seconds", "images_per_second"}
+        assert set(row) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
+                            "test_accuracy", "diverged", "epoch_seconds", "images_per_second"}
         assert row["epoch_seconds"] > 0 and row["images_per_second"] > 0
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["model"] == "mlp" and summary["activation"] == "relu" and summary["seed"] == 0
     assert summary["test_accuracy"] == rows[-1]["test_accuracy"] > 0.5
+    assert summary["val_accuracy"] == rows[-1]["val_accuracy"] > 0.5
     assert summary["data"]["source"] == "bundled" and summary["backend"] == jax.default_backend()
+    assert (summary["data"]["train_images"], summary["data"]["validation_images"]) == (1024, 5000)
+    assert summary["hyperparameters"]["optimizer"] == "adamw" and summary["hyperparameters"]["schedule"] == \
+        "warmup-cosine"
     assert summary["versions"]["jax"] == jax.__version__
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2]
 
@@ -142,5 +146,5 @@ def test_help_documents_every_flag():
     result = subprocess.run([sys.executable, "-m", "mnist_jax.train", "--help"], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     for flag in ["--model", "--activation", "--epochs", "--batch-size", "--lr", "--seed", "--workdir", "--fresh",
-                 "--data-source", "--data-dir", "--dataset"]:
+                 "--data-source", "--data-dir", "--dataset", "--validation-size", "--optimizer", "--schedule"]:
         assert flag in result.stdout
