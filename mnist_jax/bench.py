@@ -39,12 +39,13 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def timed_epochs(compiled, state, args, epochs: int) -> tuple[float, object]:
-    """Fastest of `epochs` timed epochs, after one warm-up epoch."""
+def timed_epochs(compiled, state, args, epochs: int, warm_up: bool = True) -> tuple[float, object]:
+    """Fastest of `epochs` timed epochs, after one warm-up epoch unless the program has already run."""
     import jax
 
-    state, _ = compiled(state, *args)
-    jax.block_until_ready(state)
+    if warm_up:
+        state, _ = compiled(state, *args)
+        jax.block_until_ready(state)
     best = float("inf")
     for _ in range(epochs):
         started = time.perf_counter()
@@ -116,6 +117,38 @@ def measure_compile(model: str) -> dict:
             "epoch_warm_seconds": runs[1]["epoch_compile_seconds"]}
 
 
+# The ways a sweep can train its members (sweep --vmap-chunk, --shared-order): name -> (vmap chunk, shared order).
+SWEEP_STRATEGIES = {"vmap of all": (None, False), "vmap of all, --shared-order": (None, True),
+                    "lax.map, 1 at a time": (1, False), "lax.map of vmapped 3s": (3, False),
+                    "lax.map of vmapped 5s": (5, False)}
+
+
+def measure_sweep(x, y, seeds: int) -> dict:
+    """One LeNet epoch of 3 activations x `seeds` members: each as a single run (the program train runs), summed,
+    and as one sweep program in each of SWEEP_STRATEGIES; one timed epoch each."""
+    import jax
+
+    from mnist_jax import engine, sweep
+
+    config = engine.Config(model="lenet", train_size=len(y))
+    members = [sweep.Member(a, s, 2e-3) for a in ("elu", "relu", "leaky_relu") for s in range(seeds)]
+    runs = [engine.Hyper.create(m.activation, m.lr, m.seed) for m in members]
+    single = jax.jit(functools.partial(engine.train_epoch, config)).lower(
+        engine.init_member(config, runs[0]), runs[0], x, y).compile()
+    sequential = sum(timed_epochs(single, engine.init_member(config, hyper), (hyper, x, y), 1, warm_up=i == 0)[0]
+                     for i, hyper in enumerate(runs))
+    hyper, mesh = sweep.stacked_hyper(members), sweep.member_mesh()
+    strategies = {}
+    for name, (chunk, shared_order) in SWEEP_STRATEGIES.items():
+        state = sweep.init_stacked(config, hyper, shared_order=shared_order)
+        compiled = jax.jit(sweep.sweep_epoch(config, shared_order, chunk, mesh)).lower(state, hyper, x, y).compile()
+        seconds = timed_epochs(compiled, state, (hyper, x, y), 1, warm_up=False)[0]
+        strategies[name] = {"vmap_chunk": chunk, "shared_order": shared_order, "epoch_seconds": seconds,
+                            "ratio_to_sequential": seconds / sequential}
+    return {"members": len(members), "sequential_epoch_seconds": sequential, "strategies": strategies,
+            "default_vmap_chunk": sweep.default_vmap_chunk()}
+
+
 def run_torch(python: str | None, x, y, epochs: int) -> dict | None:
     if python is None:
         if importlib.util.find_spec("torch") is None:
@@ -176,17 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[model] = {"epoch_seconds": seconds, "images_per_second": images / seconds,
                           "gflops_per_second": training_flops_per_image(model) * images / seconds / 1e9}
 
-    members = [sweep.Member(a, s, 2e-3) for a in ("elu", "relu", "leaky_relu") for s in range(args.seeds)]
-    config = engine.Config(model="lenet", train_size=len(y_np))
-    hyper = sweep.stacked_hyper(members)
-    for shared_order in (False, True):
-        state = sweep.init_stacked(config, hyper, shared_order=shared_order)
-        epoch = sweep.sweep_epoch(config, shared_order)
-        compiled = jax.jit(epoch).lower(state, hyper, x, y).compile()
-        seconds, _ = timed_epochs(compiled, state, (hyper, x, y), 1)  # one timed epoch: it is 15 runs long
-        results["lenet_sweep_shared_order" if shared_order else "lenet_sweep"] = {
-            "members": len(members), "epoch_seconds": seconds, "ratio_to_single_epoch": seconds / single["lenet"],
-            "speedup_over_sequential": len(members) * single["lenet"] / seconds}
+    config = engine.Config(model="lenet", train_size=len(y_np), conv="lax")
+    state = engine.init_member(config, hyper)
+    compiled = jax.jit(functools.partial(engine.train_epoch, config)).lower(state, hyper, x, y).compile()
+    results["lenet"]["lax_conv_epoch_seconds"] = timed_epochs(compiled, state, (hyper, x, y), 1)[0]
+    results["lenet_sweep"] = measure_sweep(x, y, args.seeds)
     results["compile_lenet"] = measure_compile("lenet")
     results["torch"] = run_torch(args.torch_python, x_np, y_np, args.epochs)
     if results["torch"]:
@@ -210,11 +237,17 @@ def table(r: dict) -> str:
         t, ratio = torch_cols(model)
         lines.append(f"| {model} epoch seconds (batch 128) | {r[model]['epoch_seconds']:.3f} | {t} | {ratio} |")
         lines.append(f"| {model} images/s | {r[model]['images_per_second']:,.0f} | | |")
-    for key, what in (("lenet_sweep", "own batch orders"), ("lenet_sweep_shared_order", "--shared-order")):
-        s = r[key]
-        lines.append(f"| lenet sweep of {s['members']} ({what}): epoch seconds | {s['epoch_seconds']:.3f} | | "
-                     f"{s['ratio_to_single_epoch']:.2f}x one run; {s['speedup_over_sequential']:.2f}x faster than "
-                     f"sequential |")
+    lines.append(f"| lenet epoch seconds with --conv lax (the standard convolution) | "
+                 f"{r['lenet']['lax_conv_epoch_seconds']:.3f} | | "
+                 f"{r['lenet']['lax_conv_epoch_seconds'] / r['lenet']['epoch_seconds']:.2f}x the toeplitz epoch |")
+    s = r["lenet_sweep"]
+    lines.append(f"| lenet: {s['members']} single runs, one epoch each, summed | "
+                 f"{s['sequential_epoch_seconds']:.2f} | | 1.00x |")
+    for name, strategy in s["strategies"].items():
+        default = " (the default here)" if strategy["vmap_chunk"] == s["default_vmap_chunk"] and \
+            not strategy["shared_order"] else ""
+        lines.append(f"| lenet sweep of {s['members']}, {name}{default}: epoch seconds | "
+                     f"{strategy['epoch_seconds']:.2f} | | {strategy['ratio_to_sequential']:.2f}x the single runs |")
     c = r["compile_lenet"]
     lines.append(f"| lenet epoch program compile seconds (added to epoch 1), cold / cached | "
                  f"{c['epoch_cold_seconds']:.2f} / {c['epoch_warm_seconds']:.2f} | | |")

@@ -69,7 +69,18 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=Config.dtype,
                         help="compute dtype; parameters and optimizer state stay float32. bfloat16 is for TPUs and "
                              "GPUs (on a CPU it is slower) (default: %(default)s)")
+    add_conv_arg(parser)
     parser.add_argument("--fresh", action="store_true", help="delete what the workdir holds and start over")
+
+
+def add_conv_arg(parser: argparse.ArgumentParser) -> None:
+    from mnist_jax.engine import Config
+    from mnist_jax.models import CONV_FORMS
+
+    parser.add_argument("--conv", choices=("auto", *CONV_FORMS), default=Config.conv,
+                        help="how LeNet's convolutions are computed (the same network and parameters either way): "
+                             "toeplitz, block-Toeplitz matmuls, fastest on CPU; lax, the standard convolution for "
+                             "GPU and TPU; auto, the one for this backend (default: %(default)s)")
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -120,7 +131,7 @@ def build_config(args: argparse.Namespace, train_size: int):
 
     return Config(model=args.model, hidden=tuple(args.hidden) if args.model == "mlp" else (),
                   batch_size=args.batch_size, epochs=args.epochs, train_size=train_size, optimizer=args.optimizer,
-                  schedule=args.schedule, weight_decay=args.weight_decay, dtype=args.dtype)
+                  schedule=args.schedule, weight_decay=args.weight_decay, dtype=args.dtype, conv=args.conv)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

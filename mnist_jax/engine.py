@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mnist_jax.models import ACTIVATIONS, make_model
+from mnist_jax.models import ACTIVATIONS, default_conv, make_model
 
 # A batch loss this far above chance (ln 10) means the member has blown up, not that it is learning slowly.
 DIVERGENCE_LOSS = 10 * math.log(10)
@@ -66,7 +66,9 @@ class Config:
     """Everything that shapes the compiled program; hashable, so it is a static argument of `jit`.
 
     Its field defaults are the project's defaults: the command-line flags read them from here. `weight_decay` None
-    means the optimizer's own default (OPTIMIZERS), filled in on creation.
+    means the optimizer's own default (OPTIMIZERS), filled in on creation; `conv` "auto" means the convolution form
+    made for this backend (models.default_conv). The form is how LeNet is computed, not what it computes, so it is
+    no part of a run's identity (workdir.run_description leaves it out).
     """
 
     model: str = "lenet"
@@ -79,11 +81,14 @@ class Config:
     weight_decay: float | None = None
     warmup_epochs: float = 1.0
     dtype: str = "float32"
+    conv: str = "auto"
     eval_batch_size: int = 1000
 
     def __post_init__(self):
         if self.weight_decay is None:
             object.__setattr__(self, "weight_decay", OPTIMIZERS[self.optimizer].weight_decay)
+        if self.conv == "auto":
+            object.__setattr__(self, "conv", default_conv())
 
     @property
     def steps_per_epoch(self) -> int:
@@ -124,7 +129,7 @@ def make_optimizer(config: Config, learning_rate: jax.Array) -> optax.GradientTr
 
 
 def _model(config: Config):
-    return make_model(config.model, config.hidden, jnp.dtype(config.dtype))
+    return make_model(config.model, config.hidden, jnp.dtype(config.dtype), config.conv)
 
 
 def init_member(config: Config, hyper: Hyper) -> TrainState:
@@ -163,12 +168,20 @@ def epoch_order(config: Config, state: TrainState) -> jax.Array:
     return jax.random.permutation(key, config.train_size)[:used].reshape(config.steps_per_epoch, config.batch_size)
 
 
-def train_epoch(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array):
-    """One epoch as a `lax.scan` over its steps; returns the new state and the epoch's (as trained) loss and accuracy."""
+def train_epoch(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array,
+                batch_sharding: jax.sharding.Sharding | None = None):
+    """One epoch as a `lax.scan` over its steps; returns the new state and the epoch's (as trained) loss and accuracy.
+
+    With `batch_sharding` each batch is split over the devices of a data-parallel mesh (parameters replicated, so
+    XLA sums the gradients across devices); without it nothing is annotated and one device runs it all.
+    """
     chex.assert_shape(x_train, (config.train_size, 28, 28))
 
     def step(state, batch_indices):
-        return train_step(config, state, hyper, x_train[batch_indices], y_train[batch_indices])
+        batch = x_train[batch_indices], y_train[batch_indices]
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        return train_step(config, state, hyper, *batch)
 
     state, (losses, correct) = jax.lax.scan(step, state, epoch_order(config, state))
     metrics = {"loss": jnp.mean(losses), "accuracy": jnp.sum(correct) / (config.steps_per_epoch * config.batch_size)}

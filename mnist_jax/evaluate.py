@@ -27,6 +27,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                              "or an epoch number (default: %(default)s)")
     parser.add_argument("--member", default=None, metavar="ACTIVATION,SEED[,LR]",
                         help="for a sweep workdir: which member")
+    cli.add_conv_arg(parser)
 
 
 def parse_args(argv):
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     workdir = args.workdir
     run = read_run(workdir)
-    config, hyper, state, step = load_model(workdir, args.checkpoint, args.member)
+    config, hyper, state, step = load_model(workdir, args.checkpoint, args.member, args.conv)
     selected_by = {"checkpoint": args.checkpoint, **selection_of(workdir, step)}
     ds = load_dataset(args.data_source, run["dataset"], args.data_dir)
     print(f"data: {ds.describe()}")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import jax
 from tqdm import tqdm
 
-from mnist_jax import checkpoint, metrics
+from mnist_jax import checkpoint, distributed, metrics
 from mnist_jax.workdir import read_metrics
 
 
@@ -39,8 +39,10 @@ class Run:
 def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dict], bool]:
     """Trains `run` from its latest checkpoint in `workdir` to `epochs`, one metrics row per epoch.
 
-    Returns (state, rows, whether it was already finished).
+    Every process of a multi-process run calls this; process 0 alone writes metrics.jsonl and draws the progress
+    bar (the others' rows hold only the epochs they trained). Returns (state, rows, whether it was already finished).
     """
+    primary = distributed.is_primary()
     manager = checkpoint.open_manager(workdir / "checkpoints")
     try:
         start = manager.latest_step() or 0
@@ -50,8 +52,9 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
         else:
             state = run.init()
         metrics_path = workdir / "metrics.jsonl"
-        rows = read_metrics(metrics_path, start)
-        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        rows = read_metrics(metrics_path, start) if primary else []
+        if primary:
+            metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         if start >= epochs:
             return state, rows, True
 
@@ -61,17 +64,18 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
         print(f"compiled the epoch program in {compile_seconds:.1f} s on {jax.default_backend()}")
 
         bar = tqdm(range(start, epochs), initial=start, total=epochs, unit="epoch", desc=run.label, file=sys.stderr,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, disable=not primary)
         for epoch in range(start + 1, epochs + 1):
             epoch_started = time.time()
             state, train_metrics = compiled(state, *run.epoch_args)
             jax.block_until_ready(state)
             seconds = time.time() - epoch_started + (compile_seconds if epoch == 1 else 0.0)
-            row = metrics.make_row(epoch, {"train": train_metrics, **run.evaluate(state)}, state.diverged, seconds,
-                                   run.images_per_epoch, run.members)
+            by_split, diverged = distributed.to_host(({"train": train_metrics, **run.evaluate(state)}, state.diverged))
+            row = metrics.make_row(epoch, by_split, diverged, seconds, run.images_per_epoch, run.members)
             rows.append(row)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            if primary:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
             metric, score = metrics.selection_score(row)
             checkpoint.save(manager, epoch, state, {**meta, "epoch": epoch, "selected_by": {metric: score}},
                             {checkpoint.BEST_METRIC: score})

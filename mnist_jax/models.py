@@ -1,31 +1,35 @@
-"""The two networks, with the activation chosen by an integer so that a sweep can vmap over it.
-
-LeNet works internally in a (channels, height, width, batch) layout - the batch innermost, so that every slice along
-height or width is a run of whole contiguous batch vectors - and computes each convolution as one matmul of a
-block-Toeplitz form of the kernel with the input windows (see `Conv`). That computes exactly what
-`lax.conv_general_dilated` does, but XLA:CPU runs it several times faster, and under `vmap` it stays a batched matmul
-instead of becoming a grouped convolution. The blocks (4 output columns for conv1, 5 for conv2) were chosen by timing
-training steps on a 2-core x86 CPU.
-"""
+"""The two networks, with the activation chosen by an integer so that a sweep can vmap over it."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
-import numpy as np
 
-ACTIVATIONS = ("elu", "relu", "leaky_relu")
-_ACTIVATION_FNS = (nn.elu, nn.relu, nn.leaky_relu)
-MODELS = ("mlp", "lenet")
+from mnist_jax import cpu_conv
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    fn: Callable[[jax.Array], jax.Array]
+    non_decreasing: bool  # then max pooling commutes with it (a test checks every registered one)
+
+
+ACTIVATION_REGISTRY = {"elu": Activation(nn.elu, True), "relu": Activation(nn.relu, True),
+                       "leaky_relu": Activation(nn.leaky_relu, True)}
+ACTIVATIONS = tuple(ACTIVATION_REGISTRY)
+# Pooling first computes the activation on a quarter of the elements; it is the same network only if every
+# activation a member may pick is non-decreasing.
+POOL_BEFORE_ACTIVATION = all(a.non_decreasing for a in ACTIVATION_REGISTRY.values())
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 def activate(index: jax.Array, x: jax.Array) -> jax.Array:
     """Applies ACTIVATIONS[index]; `index` may be traced, so it is data, not code."""
-    return jax.lax.switch(index, _ACTIVATION_FNS, x)
+    return jax.lax.switch(index, [a.fn for a in ACTIVATION_REGISTRY.values()], x)
 
 
 def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -33,101 +37,21 @@ def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
     return ((images.astype(jnp.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).astype(dtype)
 
 
-def block_toeplitz(kernel: jax.Array, block: int) -> jax.Array:
-    """(k, k, C, F) HWIO kernel -> (F*block, k*C*(block+k-1)) matrix with rows (f, v) and columns (i, c, u).
-
-    Entry [(f, v), (i, c, u)] is kernel[i, u - v, c, f] where 0 <= u - v < k, else 0: row (f, v) computes output
-    column v of a block of `block` adjacent output columns from the (block+k-1)-wide input window the block reads.
-    """
-    k, _, channels, features = kernel.shape
-    select = np.zeros((block + k - 1, block, k), np.float32)  # [u, v, j] = 1 where u == v + j
-    for v in range(block):
-        select[v:v + k, v, :] = np.eye(k, dtype=np.float32)
-    return jnp.einsum("uvj,ijcf->fvicu", select.astype(kernel.dtype), kernel).reshape(features * block, -1)
+def _lax_features(x: jax.Array, pool_and_activate: Callable, dtype: jnp.dtype) -> jax.Array:
+    """The standard form: NHWC `nn.Conv` and `nn.max_pool`, what GPUs and TPUs are built for."""
+    pool = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2))  # noqa: E731
+    x = pool_and_activate(pool, nn.Conv(6, (5, 5), padding="SAME", dtype=dtype)(x[..., None]))
+    x = pool_and_activate(pool, nn.Conv(16, (5, 5), padding="VALID", dtype=dtype)(x))
+    return x.reshape(x.shape[0], -1)
 
 
-def block_windows(x: jax.Array, size: int, block: int) -> jax.Array:
-    """(C, H, W, B) -> (size*C*(block+size-1), out_h*(out_w/block)*B) input windows, rows (i, c, u) as in
-    block_toeplitz and columns (output row, block of output columns, image)."""
-    channels, height, width, _ = x.shape
-    out_h, blocks = height - size + 1, (width - size + 1) // block
-    columns = jnp.stack([x[:, :, n * block:n * block + block + size - 1] for n in range(blocks)], axis=2)
-    rows = jnp.stack([columns[:, i:i + out_h] for i in range(size)])  # (i, c, h, n, u, b)
-    return jnp.transpose(rows, (0, 1, 4, 2, 3, 5)).reshape(size * channels * (block + size - 1), -1)
+# LeNet's convolution forms: (normalised images, pool_and_activate, dtype) -> (B, 400), one parameter tree for all.
+CONV_FORMS = {"lax": _lax_features, "toeplitz": cpu_conv.lenet_features}
 
 
-class Conv(nn.Module):
-    """A stride-1 2D convolution on (C, H, W, B) inputs with an HWIO kernel (as `nn.Conv` stores it), as one matmul.
-
-    Each output row is cut into blocks of `block` columns, and one block-Toeplitz (F*block x k*C*(block+k-1)) matrix
-    maps every block's input window to all of the block's outputs. With `block` 1 this is plain im2col (a
-    (F x k*k*C) @ (k*k*C x pixels) matmul); a wider block does some multiplications by zero but turns LeNet's
-    short contractions (25 for conv1) into matmuls shaped for the CPU and writes fewer window elements than im2col.
-    """
-
-    features: int
-    kernel_size: int = 5
-    padding: str = "SAME"
-    block: int = 1
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[0], self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        if self.padding == "SAME":
-            x = jnp.pad(x, ((0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2), (0, 0)))
-        elif self.padding != "VALID":
-            raise ValueError(f"padding must be SAME or VALID, not {self.padding}")
-        _, height, width, batch = x.shape
-        out_h, out_w = height - k + 1, width - k + 1
-        if out_w % self.block:
-            raise ValueError(f"block {self.block} must divide the output width {out_w}")
-        y = block_toeplitz(kernel.astype(self.dtype), self.block) @ block_windows(x.astype(self.dtype), k, self.block)
-        y = y.reshape(self.features, self.block, out_h, out_w // self.block, batch)
-        y = jnp.transpose(y, (0, 2, 3, 1, 4)).reshape(self.features, out_h, out_w, batch)
-        return y + bias.astype(self.dtype)[:, None, None, None]
-
-
-def _pool_candidates(x: jax.Array):
-    return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
-
-
-@jax.custom_vjp
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling with stride 2 over axes 1 and 2 (height and width of (C, H, W, B)).
-
-    The backward pass sends each gradient to the position the forward pass chose (the first of equal maxima),
-    remembered as a small int8 index, through a broadcast and a mask: autodiff would instead produce interior-padded
-    transposes of strided slices that XLA:CPU fuses into, and recomputes inside, the neighbouring layers.
-    """
-    return _max_pool_with_index(x)[0]
-
-
-def _max_pool_with_index(x: jax.Array):
-    a, b, c, d = _pool_candidates(x)
-    top, bottom = jnp.maximum(a, b), jnp.maximum(c, d)
-    index = jnp.where(bottom > top, 2 + (d > c), (b > a).astype(jnp.int8)).astype(jnp.int8)
-    return jnp.maximum(top, bottom), index
-
-
-def _upsample_2x2(x: jax.Array) -> jax.Array:
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-def _max_pool_fwd(x):
-    pooled, index = _max_pool_with_index(x)
-    return pooled, index
-
-
-def _max_pool_bwd(index, d_pooled):
-    height, width = index.shape[1] * 2, index.shape[2] * 2
-    position = (2 * (jnp.arange(height) % 2)[:, None, None] + (jnp.arange(width) % 2)[None, :, None]).astype(jnp.int8)
-    return (jnp.where(_upsample_2x2(index) == position, _upsample_2x2(d_pooled), 0).astype(d_pooled.dtype),)
-
-
-max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+def default_conv() -> str:
+    """The form for this backend: the block-Toeplitz matmuls on CPU, the standard convolution on GPU and TPU."""
+    return "toeplitz" if jax.default_backend() == "cpu" else "lax"
 
 
 class MLP(nn.Module):
@@ -145,29 +69,29 @@ class MLP(nn.Module):
 
 
 class LeNet(nn.Module):
-    """LeNet-5: conv 6@5x5 SAME, pool, conv 16@5x5 VALID, pool, dense 120, 84, 10.
-
-    Pooling comes before the activation: every activation here is non-decreasing, so max-pooling commutes with it
-    and the network computes the same function on a quarter of the elements.
-    """
+    """LeNet-5: conv 6@5x5 SAME, pool, conv 16@5x5 VALID, pool, dense 120, 84, 10; `conv` names the form."""
 
     dtype: jnp.dtype = jnp.float32
+    conv: str = "lax"
 
     @nn.compact
     def __call__(self, images: jax.Array, activation: jax.Array) -> jax.Array:
-        x = jnp.transpose(normalize(images, self.dtype), (1, 2, 0))[None]  # (1, 28, 28, B)
-        x = activate(activation, max_pool_2x2(Conv(6, padding="SAME", block=4, dtype=self.dtype)(x)))
-        x = activate(activation, max_pool_2x2(Conv(16, padding="VALID", block=5, dtype=self.dtype)(x)))
-        x = jnp.transpose(x, (3, 1, 2, 0)).reshape(images.shape[0], -1)  # flattened (h, w, c) as in NHWC
+        def pool_and_activate(pool, x):
+            return activate(activation, pool(x)) if POOL_BEFORE_ACTIVATION else pool(activate(activation, x))
+
+        x = CONV_FORMS[self.conv](normalize(images, self.dtype), pool_and_activate, self.dtype)
         for width in (120, 84):
             x = activate(activation, nn.Dense(width, dtype=self.dtype)(x))
         return nn.Dense(10, dtype=self.dtype)(x).astype(jnp.float32)
 
 
-def make_model(name: str, hidden: Sequence[int] = (256, 128), dtype: jnp.dtype = jnp.float32) -> nn.Module:
-    """The Flax module for a model name in MODELS."""
-    if name == "mlp":
-        return MLP(tuple(hidden), dtype=dtype)
-    if name == "lenet":
-        return LeNet(dtype=dtype)
-    raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+MODELS = {"mlp": lambda hidden, dtype, conv: MLP(tuple(hidden), dtype=dtype),
+          "lenet": lambda hidden, dtype, conv: LeNet(dtype=dtype, conv=conv)}
+
+
+def make_model(name: str, hidden: Sequence[int] = (256, 128), dtype: jnp.dtype = jnp.float32,
+               conv: str = "lax") -> nn.Module:
+    """The Flax module for a model name in MODELS; `conv` (a CONV_FORMS name) matters for LeNet only."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[name](hidden, dtype, conv)

@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mnist_jax import engine
     from mnist_jax.workdir import load_model
 
-    config, hyper, state, _ = load_model(args.workdir, args.checkpoint, args.member)
+    config, hyper, state, _ = load_model(args.workdir, args.checkpoint, args.member, args.conv)
     prepared, failed = [], 0
     for path in args.images:
         try:

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+from pathlib import Path
 
 PACKAGES = ("mnist_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy",
             "tensorflow-datasets")
+
+
+def cpu_name() -> str:
+    """The CPU model as the OS reports it (Linux: /proc/cpuinfo), else what Python's platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def environment() -> dict:
@@ -19,6 +31,7 @@ def environment() -> dict:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"backend": jax.default_backend(), "device_count": jax.device_count(),
-            "device_kind": jax.devices()[0].device_kind, "machine": f"{platform.machine()} {platform.processor()}",
+    return {"backend": jax.default_backend(), "process_count": jax.process_count(), "device_count": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind, "cpu": cpu_name(),
+            "machine": f"{platform.machine()} {platform.processor()}",
             "python": platform.python_version(), "versions": versions}

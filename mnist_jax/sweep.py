@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from mnist_jax import cli
+from mnist_jax import cli, distributed
 from mnist_jax.errors import UserError
 from mnist_jax.models import ACTIVATIONS
 
@@ -29,6 +29,12 @@ class Member:
 
     def label(self) -> str:
         return f"{self.activation},{self.seed},{self.lr:g}"
+
+
+def vmap_chunk(text: str) -> str | int | None:
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    return cli.positive_int(text)
 
 
 def parse_list(kind, text: str, what: str) -> list:
@@ -52,6 +58,11 @@ def parse_args(argv: Sequence[str] | None):
                         help="comma-separated peak learning rates (default: the optimizer's, see --optimizer)")
     parser.add_argument("--shared-order", action="store_true",
                         help="give every member the same batch order (default: each member's from its seed)")
+    parser.add_argument("--vmap-chunk", type=vmap_chunk, default="auto",
+                        help="how many members one compiled step trains side by side (jax.vmap); groups of that "
+                             "many train one after another (lax.map over whole epochs). all: one vmap of every "
+                             "member; auto: 1 on CPU, where it measured fastest, all on GPU and TPU; the results "
+                             "are the same either way, up to float rounding (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, default=None, help="(default: checkpoints/sweep-<model>)")
     parser.add_argument("--export-member", default=None, metavar="ACTIVATION,SEED[,LR]",
                         help="write that member of the sweep in --workdir as a single-model workdir at --to")
@@ -59,6 +70,7 @@ def parse_args(argv: Sequence[str] | None):
     cli.add_split_args(parser)
     cli.add_data_args(parser)
     cli.add_cache_arg(parser)
+    distributed.add_args(parser)
     args = parser.parse_args(argv)
     if args.workdir is None:
         args.workdir = Path("checkpoints") / f"sweep-{args.model}"
@@ -89,20 +101,19 @@ def stacked_hyper(members: Sequence[Member]):
 
 def sweep_description(config, members, shared_order: bool, data: dict) -> dict:
     """The sweep's run record; `data` as in workdir.run_description."""
-    from mnist_jax.workdir import RUN_FORMAT
+    from mnist_jax.workdir import RUN_FORMAT, config_record
 
-    description = {"format": RUN_FORMAT, "kind": "sweep", "config": dataclasses.asdict(config),
+    description = {"format": RUN_FORMAT, "kind": "sweep", "config": config_record(config),
                    "members": [dataclasses.asdict(m) for m in members], "shared_order": shared_order, **data}
     return json.loads(json.dumps(description))
 
 
-def member_sharding(n_devices: int):
-    """(sharding of the member axis, replicated sharding) over all devices."""
+def member_mesh():
+    """A mesh of every device of every process along the member axis."""
     import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from jax.sharding import Mesh
 
-    mesh = Mesh(jax.devices()[:n_devices], (MEMBER_AXIS,))
-    return NamedSharding(mesh, PartitionSpec(MEMBER_AXIS)), NamedSharding(mesh, PartitionSpec())
+    return Mesh(jax.devices(), (MEMBER_AXIS,))
 
 
 def init_stacked(config, hyper, shared_order: bool):
@@ -118,25 +129,44 @@ def init_stacked(config, hyper, shared_order: bool):
     return state
 
 
-def sweep_epoch(config, shared_order: bool):
-    """`engine.train_epoch` vmapped over stacked members: (state, hyper, x, y) -> (state, metrics).
+def default_vmap_chunk() -> int | None:
+    """Members trained side by side in one step, by backend: on CPU one member's whole epoch after another ran
+    fastest (a member inside a wide vmap costs more than alone: its state competes for the caches), on GPU and TPU
+    the vmap of all members (None)."""
+    import jax
 
-    With a shared order the data key and epoch are taken out of the vmap, so the batch gather, conv1's input windows and
-    conv1's weight gradient are computed once for all members (one wide matmul) instead of once per member.
+    return 1 if jax.default_backend() == "cpu" else None
+
+
+def sweep_epoch(config, shared_order: bool, vmap_chunk: int | None, mesh):
+    """`engine.train_epoch` over stacked members: (state, hyper, x, y) -> (state, metrics).
+
+    Each device takes its share of the members (`shard_map` over the member axis of `mesh`). There, `vmap_chunk`
+    members at a time are trained side by side by a `vmap` of the epoch, and the chunks one after another by a
+    `lax.map`; `None` (or at least the device's share) vmaps them all. With a shared order and a full vmap the data
+    key and epoch are taken out of the vmap, so the batch gather, conv1's input windows and conv1's weight gradient
+    are computed once for all members (one wide matmul) instead of once per member.
     """
     import jax
+    from jax.sharding import PartitionSpec
 
     from mnist_jax import engine
 
-    def own_order(state, hyper, x, y):
+    def local(state, hyper, x, y):
+        n = state.epoch.shape[0]
+        if vmap_chunk is not None and vmap_chunk < n:
+            return jax.lax.map(lambda sh: engine.train_epoch(config, *sh, x, y), (state, hyper), batch_size=vmap_chunk)
+        if shared_order:
+            key, epoch = state.data_key[0], state.epoch[0]
+            member = lambda s, h: engine.train_epoch(config, s.replace(data_key=key, epoch=epoch), h, x, y)  # noqa: E731
+            return jax.vmap(member)(state, hyper)
         return jax.vmap(functools.partial(engine.train_epoch, config), in_axes=(0, 0, None, None))(state, hyper, x, y)
 
-    def one_order(state, hyper, x, y):
-        key, epoch = state.data_key[0], state.epoch[0]
-        member = lambda s, h: engine.train_epoch(config, s.replace(data_key=key, epoch=epoch), h, x, y)  # noqa: E731
-        return jax.vmap(member)(state, hyper)
-
-    return one_order if shared_order else own_order
+    if mesh.size == 1:
+        return local
+    members, replicated = PartitionSpec(MEMBER_AXIS), PartitionSpec()
+    return jax.shard_map(local, mesh=mesh, in_specs=(members, members, replicated, replicated),
+                         out_specs=(members, members))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,8 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return export_member(args.workdir, args.export_member, args.to)
     started = time.time()
     cli.enable_compile_cache(not args.no_compile_cache)
+    distributed.initialize(args)
 
     import jax
+    from jax.sharding import NamedSharding, PartitionSpec
 
     from mnist_jax import checkpoint, engine, results
     from mnist_jax.loop import Run, fit
@@ -160,24 +192,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     members = member_grid(args, engine.OPTIMIZERS[args.optimizer].learning_rate)
     ds, splits, data_record = cli.load_data(args)
     config = cli.build_config(args, len(splits["train"][1]))
-    n_devices = jax.device_count()
-    padded = list(members) + [members[-1]] * (-len(members) % n_devices)  # padding repeats the last member
-    members_sharding, replicated = member_sharding(n_devices)
-    hyper = jax.device_put(stacked_hyper(padded), members_sharding)
-    data = jax.device_put(splits, replicated)  # on the devices once, shared
+    mesh = member_mesh()
+    padded = list(members) + [members[-1]] * (-len(members) % mesh.size)  # padding repeats the last member
+    members_sharding = NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))
+    hyper = distributed.put(stacked_hyper(padded), members_sharding)
+    data = distributed.put(splits, NamedSharding(mesh, PartitionSpec()))  # on the devices once, shared
     held_out = {name: split for name, split in data.items() if name != "train"}
+    chunk = default_vmap_chunk() if args.vmap_chunk == "auto" else args.vmap_chunk
 
     description = sweep_description(config, members, args.shared_order, data_record)
     prepare_workdir(args.workdir, description, args.fresh)
     print(f"sweep: {len(members)} members ({len(padded) - len(members)} padding) of {args.model} on "
-          f"{n_devices} {jax.default_backend()} device(s), {config.epochs} epochs")
+          f"{mesh.size} {jax.default_backend()} device(s) in {jax.process_count()} process(es), {config.epochs} "
+          f"epochs, {'all' if chunk is None else chunk} member(s) side by side")
 
     evaluate = jax.jit(jax.vmap(functools.partial(engine.evaluate_splits, config), in_axes=(0, 0, None)))
     init = jax.jit(functools.partial(init_stacked, config, shared_order=args.shared_order),
                    out_shardings=members_sharding)
     run = Run(init=lambda: init(hyper),
               abstract=checkpoint.with_sharding(jax.eval_shape(init, hyper), members_sharding),
-              epoch=sweep_epoch(config, args.shared_order), epoch_args=(hyper, *data["train"]),
+              epoch=sweep_epoch(config, args.shared_order, chunk, mesh), epoch_args=(hyper, *data["train"]),
               evaluate=lambda state: evaluate(state.params, hyper, held_out),
               images_per_epoch=len(members) * config.steps_per_epoch * config.batch_size,
               label=f"sweep {args.model} x{len(members)}",
@@ -187,8 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        meta={"run": description, "stacked_members": len(padded)})
     if finished_before:
         print(f"{args.workdir} already holds a finished sweep of {config.epochs} epochs")
+    if not distributed.is_primary():
+        return 0
     report = results.write_results(args.workdir, rows, environment={
-        **environment(), "wall_seconds": round(time.time() - started, 2),
+        **environment(), "wall_seconds": round(time.time() - started, 2), "vmap_chunk": chunk,
+        "conv": config.conv if config.model == "lenet" else None,
         "data": {"dataset": ds.name, "source": ds.source, **cli.image_counts(splits)}})
     print(report)
     return 0

@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from mnist_jax import cli
+from mnist_jax import cli, distributed
+from mnist_jax.errors import UserError
 from mnist_jax.models import ACTIVATIONS
+
+DATA_AXIS = "data"  # the mesh axis a batch is split over
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -25,6 +28,7 @@ def parse_args(argv: Sequence[str] | None):
     cli.add_split_args(parser)
     cli.add_data_args(parser)
     cli.add_cache_arg(parser)
+    distributed.add_args(parser)
     args = parser.parse_args(argv)
     if args.workdir is None:
         args.workdir = Path("checkpoints") / f"{args.model}-{args.activation}-seed{args.seed}"
@@ -35,8 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     cli.enable_compile_cache(not args.no_compile_cache)
+    distributed.initialize(args)
 
     import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from mnist_jax import engine, metrics
     from mnist_jax.loop import Run, fit
@@ -45,19 +51,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ds, splits, data_record = cli.load_data(args)
     config = cli.build_config(args, len(splits["train"][1]))
+    n_devices = jax.device_count()
+    if config.batch_size % n_devices:
+        raise UserError(f"--batch-size {config.batch_size} does not split over {n_devices} devices: choose a "
+                        f"multiple of {n_devices}")
     lr = args.lr or engine.OPTIMIZERS[config.optimizer].learning_rate
     hyper = engine.Hyper.create(args.activation, lr, args.seed)
     workdir = args.workdir
     description = run_description(config, args.activation, lr, args.seed, data_record)
     prepare_workdir(workdir, description, args.fresh)
-    device = jax.devices()[0]
-    splits = jax.device_put(splits, device)
+    mesh = Mesh(jax.devices(), (DATA_AXIS,))  # every device of every process: data parallel
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS)) if n_devices > 1 else None
+    splits = distributed.put(splits, replicated)
     held_out = {name: split for name, split in splits.items() if name != "train"}
     evaluate = jax.jit(engine.evaluate_splits, static_argnums=0)
 
-    run = Run(init=lambda: jax.jit(engine.init_member, static_argnums=0)(config, hyper),
-              abstract=abstract_member(config, hyper, device),
-              epoch=functools.partial(engine.train_epoch, config), epoch_args=(hyper, *splits["train"]),
+    run = Run(init=lambda: jax.jit(engine.init_member, static_argnums=0, out_shardings=replicated)(config, hyper),
+              abstract=abstract_member(config, hyper, replicated),
+              epoch=functools.partial(engine.train_epoch, config, batch_sharding=batch_sharding),
+              epoch_args=(hyper, *splits["train"]),
               evaluate=lambda state: evaluate(config, state.params, hyper, held_out),
               images_per_epoch=config.steps_per_epoch * config.batch_size,
               label=f"{args.model}/{args.activation}", describe=lambda row: metrics.describe(row, config.epochs))
@@ -73,12 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                "hyperparameters": recipe(config, lr),
                "epochs": config.epochs, **{k: final[k] for k in metrics.metric_names(final)},
                "diverged": final["diverged"],
+               "devices_used": n_devices, "conv": config.conv if config.model == "lenet" else None,
                "train_seconds": round(sum(r["epoch_seconds"] for r in rows), 2),
                "wall_seconds": round(time.time() - started, 2),
                "data": {"dataset": ds.name, "source": ds.source, "location": ds.location,
                         **cli.image_counts(splits)},
                **environment()}
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if distributed.is_primary():
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"final test accuracy {final['test_accuracy']:.2%} (test loss {final['test_loss']:.4f}) after "
           f"{config.epochs} epochs; {summary['wall_seconds']:.1f} s; results in {workdir}")
     return 0

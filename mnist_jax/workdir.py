@@ -24,9 +24,14 @@ def run_description(config: engine.Config, activation: str, learning_rate: float
 
     `data` is the data part of the record (cli.load_data): dataset, test limit and validation split.
     """
-    description = {"format": RUN_FORMAT, "config": dataclasses.asdict(config), "activation": activation,
+    description = {"format": RUN_FORMAT, "config": config_record(config), "activation": activation,
                    "learning_rate": learning_rate, "seed": seed, **data}
     return json.loads(json.dumps(description))  # as it reads back from run.json: tuples become lists
+
+
+def config_record(config: engine.Config) -> dict:
+    """The configuration as a run record holds it: without the convolution form, which may change on resume."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != "conv"}
 
 
 def recipe(config: engine.Config, learning_rate: float) -> dict:
@@ -88,14 +93,14 @@ def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
     return [row for row in rows if row["epoch"] <= up_to_epoch]
 
 
-def abstract_member(config: engine.Config, hyper: engine.Hyper, device: jax.Device):
+def abstract_member(config: engine.Config, hyper: engine.Hyper, sharding: jax.sharding.Sharding):
     """The shapes, dtypes and placement of a member's TrainState, to restore a checkpoint into."""
     abstract = jax.eval_shape(functools.partial(engine.init_member, config), hyper)
-    return checkpoint.with_sharding(abstract, jax.sharding.SingleDeviceSharding(device))
+    return checkpoint.with_sharding(abstract, sharding)
 
 
-def _config_of(run: dict) -> engine.Config:
-    return engine.Config(**{**run["config"], "hidden": tuple(run["config"]["hidden"])})
+def _config_of(run: dict, conv: str) -> engine.Config:
+    return engine.Config(**{**run["config"], "hidden": tuple(run["config"]["hidden"]), "conv": conv})
 
 
 def _choose_step(manager, workdir: Path, step: int | str) -> int:
@@ -120,15 +125,17 @@ def selection_of(workdir: Path, step: int) -> dict:
     return {"metric": metric, "value": value}
 
 
-def load_run(workdir: Path, step: int | str = "latest"):
-    """(config, hyper, state, step) of a single-model workdir at `step`: latest, best or an epoch number."""
+def load_run(workdir: Path, step: int | str = "latest", conv: str = "auto"):
+    """(config, hyper, state, step) of a single-model workdir at `step`: latest, best or an epoch number; the model
+    computed in the convolution form `conv`."""
     run = read_run(workdir)
-    config = _config_of(run)
+    config = _config_of(run, conv)
     hyper = engine.Hyper.create(run["activation"], run["learning_rate"], run["seed"])
     manager = checkpoint.open_manager(Path(workdir) / "checkpoints")
     try:
         chosen = _choose_step(manager, workdir, step)
-        state, _ = checkpoint.restore(manager, chosen, abstract_member(config, hyper, jax.devices()[0]))
+        one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        state, _ = checkpoint.restore(manager, chosen, abstract_member(config, hyper, one_device))
     finally:
         manager.close()
     return config, hyper, state, chosen
@@ -158,11 +165,11 @@ def find_member(run: dict, spec: str) -> int:
     return matches[0]
 
 
-def load_sweep_member(sweep_dir: Path, spec: str, step: int | str = "latest"):
+def load_sweep_member(sweep_dir: Path, spec: str, step: int | str = "latest", conv: str = "auto"):
     """(config, hyper, member state, step, member dict) of one member of a sweep at `step`."""
     run = read_sweep(sweep_dir)
     index = find_member(run, spec)
-    config = _config_of(run)
+    config = _config_of(run, conv)
     member = run["members"][index]
     manager = checkpoint.open_manager(Path(sweep_dir) / "checkpoints")
     try:
@@ -179,12 +186,12 @@ def load_sweep_member(sweep_dir: Path, spec: str, step: int | str = "latest"):
     return config, hyper, jax.tree.map(lambda leaf: leaf[index], state), chosen, member, index
 
 
-def load_model(workdir: Path, step: int | str = "latest", member: str | None = None):
+def load_model(workdir: Path, step: int | str = "latest", member: str | None = None, conv: str = "auto"):
     """(config, hyper, state, step) of a single-model workdir, or of one --member of a sweep workdir."""
     if read_run(workdir).get("kind") == "sweep":
         if member is None:
             raise UserError(f"{workdir} is a sweep: name one member with --member ACTIVATION,SEED[,LR]")
-        return load_sweep_member(workdir, member, step)[:4]
+        return load_sweep_member(workdir, member, step, conv)[:4]
     if member is not None:
         raise UserError(f"--member is for sweep workdirs; {workdir} holds a single run")
-    return load_run(workdir, step)
+    return load_run(workdir, step, conv)

@@ -16,8 +16,12 @@ def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
     results = json.loads(out.read_text())
     for model in ("lenet", "mlp"):
         assert results[model]["epoch_seconds"] > 0 and results[model]["images_per_second"] > 0
-    for key in ("lenet_sweep", "lenet_sweep_shared_order"):
-        assert results[key]["members"] == 3 and results[key]["epoch_seconds"] > 0
+    sweep = results["lenet_sweep"]
+    assert sweep["members"] == 3 and sweep["sequential_epoch_seconds"] > 0
+    assert {s["vmap_chunk"] for s in sweep["strategies"].values()} == {None, 1, 3, 5}
+    assert all(s["epoch_seconds"] > 0 for s in sweep["strategies"].values())
+    assert results["lenet"]["lax_conv_epoch_seconds"] > 0
+    assert results["environment"]["cpu"]
     for key in ("cold_seconds", "warm_seconds", "epoch_cold_seconds", "epoch_warm_seconds"):
         assert results["compile_lenet"][key] > 0
     assert results["matmul_peak_gflops"] > 0

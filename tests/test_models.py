@@ -1,4 +1,4 @@
-"""The networks: sizes, shapes, the activation switch and the block-Toeplitz convolution."""
+"""The networks: sizes, shapes, the activation switch, both convolution forms, pooling before the activation."""
 
 import chex
 import flax.linen as nn
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax.models import ACTIVATIONS, Conv, activate, make_model, max_pool_2x2, normalize
+from mnist_jax import models
+from mnist_jax.models import ACTIVATION_REGISTRY, ACTIVATIONS, CONV_FORMS, activate, make_model, normalize
 
 
 def count_params(params) -> int:
@@ -50,45 +51,10 @@ def test_activation_index_is_data_so_one_vmap_covers_all_activations():
     chex.assert_trees_all_equal(stacked, jnp.stack([nn.elu(x), nn.relu(x), nn.leaky_relu(x)]))
 
 
-@pytest.mark.parametrize("padding, block", [("SAME", 1), ("SAME", 2), ("SAME", 7), ("VALID", 1), ("VALID", 5)])
-@pytest.mark.parametrize("channels_in, features", [(1, 6), (6, 16)])
-def test_block_toeplitz_conv_matches_lax_conv_in_values_and_gradients(padding, block, channels_in, features):
-    # In float64, so that what is compared is the formulation, not float32 summation order.
-    with jax.enable_x64(True):
-        _compare_conv_with_lax(padding, block, channels_in, features)
-
-
-def _compare_conv_with_lax(padding, block, channels_in, features):
-    x = jax.random.normal(jax.random.PRNGKey(1), (channels_in, 14, 14, 4), jnp.float64)  # (C, H, W, B)
-    conv = Conv(features, kernel_size=5, padding=padding, block=block, dtype=jnp.float64)
-    params = jax.tree.map(lambda p: p.astype(jnp.float64), conv.init(jax.random.PRNGKey(2), x))
-
-    def reference(params, x):
-        y = jax.lax.conv_general_dilated(x, params["params"]["kernel"], (1, 1), padding,
-                                         dimension_numbers=("CHWN", "HWIO", "CHWN"),
-                                         precision=jax.lax.Precision.HIGHEST)
-        return y + params["params"]["bias"][:, None, None, None]
-
-    chex.assert_trees_all_close(conv.apply(params, x), reference(params, x), atol=1e-5, rtol=1e-5)
-    loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))  # noqa: E731
-    grads = jax.grad(loss(conv.apply), argnums=(0, 1))(params, x)
-    expected = jax.grad(loss(reference), argnums=(0, 1))(params, x)
-    chex.assert_trees_all_close(grads, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_conv_rejects_unknown_padding():
-    with pytest.raises(ValueError, match="padding"):
-        Conv(4, padding="FULL").init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))
-
-
-def test_conv_rejects_a_block_that_does_not_divide_the_output_width():
-    with pytest.raises(ValueError, match="block 3 must divide the output width 8"):
-        Conv(4, block=3).init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))
-
-
-def test_lenet_float32_forward_and_gradients_match_a_lax_conv_lenet():
+@pytest.mark.parametrize("conv", list(CONV_FORMS))
+def test_lenet_in_either_form_matches_a_hand_written_lax_lenet_in_float32(conv):
     """The whole LeNet in float32 against the same network written with lax convolutions and reduce_window."""
-    model = make_model("lenet")
+    model = make_model("lenet", conv=conv)
     images = jax.random.randint(jax.random.PRNGKey(0), (8, 28, 28), 0, 256).astype(jnp.uint8)
     params = model.init(jax.random.PRNGKey(1), images, jnp.int32(0))
 
@@ -99,7 +65,7 @@ def test_lenet_float32_forward_and_gradients_match_a_lax_conv_lenet():
             x = jax.lax.conv_general_dilated(x, p[name]["kernel"], (1, 1), padding,
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                              precision=jax.lax.Precision.HIGHEST) + p[name]["bias"]
-            x = nn.elu(jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"))
+            x = jax.lax.reduce_window(nn.elu(x), -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
         x = x.reshape(len(images), -1)
         for name in ("Dense_0", "Dense_1"):
             x = nn.elu(x @ p[name]["kernel"] + p[name]["bias"])
@@ -111,21 +77,35 @@ def test_lenet_float32_forward_and_gradients_match_a_lax_conv_lenet():
                                 jax.grad(loss(lambda p: reference(p, images)))(params), atol=1e-4, rtol=1e-4)
 
 
-def test_max_pool_takes_the_largest_of_each_2x2_block():
-    x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3) * jnp.array([1.0, -1.0, 0.5])
-    expected = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-    chex.assert_trees_all_equal(max_pool_2x2(x), expected)
+def test_both_conv_forms_share_one_parameter_tree_and_compute_the_same_logits_and_gradients():
+    images = jax.random.randint(jax.random.PRNGKey(3), (16, 28, 28), 0, 256).astype(jnp.uint8)
+    models = {conv: make_model("lenet", conv=conv) for conv in CONV_FORMS}
+    trees = {conv: model.init(jax.random.PRNGKey(4), images, jnp.int32(1)) for conv, model in models.items()}
+    chex.assert_trees_all_equal(*trees.values())  # same names, shapes and initial values
+    params = trees["lax"]
+    for index in range(len(ACTIVATIONS)):
+        outputs = {conv: model.apply(params, images, jnp.int32(index)) for conv, model in models.items()}
+        chex.assert_trees_all_close(outputs["toeplitz"], outputs["lax"], atol=2e-4, rtol=2e-4)
+        grads = {conv: jax.grad(lambda p: jnp.sum(jax.nn.log_softmax(model.apply(p, images, jnp.int32(index)))))(
+            params) for conv, model in models.items()}
+        chex.assert_trees_all_close(grads["toeplitz"], grads["lax"], atol=2e-4, rtol=2e-4)
 
 
-@pytest.mark.parametrize("index", range(3))
-def test_pooling_before_the_activation_is_the_same_function(index):
-    x = jax.random.normal(jax.random.PRNGKey(index), (3, 8, 8, 2))
-    chex.assert_trees_all_equal(max_pool_2x2(activate(index, x)), activate(index, max_pool_2x2(x)))
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_every_activation_marked_non_decreasing_is_and_commutes_with_max_pooling(name):
+    x = jnp.linspace(-30.0, 30.0, 60001)
+    fn = ACTIVATION_REGISTRY[name].fn
+    if ACTIVATION_REGISTRY[name].non_decreasing:
+        assert bool(jnp.all(jnp.diff(fn(x)) >= 0)), f"{name} is marked non-decreasing but decreases somewhere"
+        grid = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 2)) * 5
+        pool = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2))  # noqa: E731
+        chex.assert_trees_all_equal(pool(fn(grid)), fn(pool(grid)))
 
 
-def test_max_pool_gradient_matches_autodiff_of_reduce_window():
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 2))  # continuous values: no ties
-    weights = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 2))
-    reference = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
-    chex.assert_trees_all_equal(jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * weights))(x),
-                                jax.grad(lambda x: jnp.sum(reference(x) * weights))(x))
+def test_lenet_pools_after_the_activation_when_an_activation_is_not_non_decreasing(monkeypatch):
+    images = jax.random.randint(jax.random.PRNGKey(5), (4, 28, 28), 0, 256).astype(jnp.uint8)
+    model = make_model("lenet", conv="lax")
+    params = model.init(jax.random.PRNGKey(6), images, jnp.int32(0))
+    pooled_first = model.apply(params, images, jnp.int32(0))
+    monkeypatch.setattr(models, "POOL_BEFORE_ACTIVATION", False)
+    chex.assert_trees_all_close(model.apply(params, images, jnp.int32(0)), pooled_first, atol=1e-5)

@@ -1,0 +1,174 @@
+"""Several processes as one JAX program: joining the runtime, global arrays from host data, results back to the host.
+
+Every process runs the same command and loads the same data; the mesh spans every process's devices. Process 0
+writes the human-facing record (metrics, results, summaries, plots, progress); Orbax writes checkpoints from all.
+On CPU the processes talk through gloo collectives, so the same code runs as several local processes on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any
+
+from mnist_jax.errors import UserError
+
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    from mnist_jax.cli import positive_int
+
+    group = parser.add_argument_group(
+        "several processes (hosts)", "give all three to every process; with none, a TPU pod slice, SLURM or Open MPI "
+        "is detected by JAX itself, and a single host needs nothing")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT", default=None,
+                       help="where process 0 listens; the same for every process")
+    group.add_argument("--num-processes", type=positive_int, default=None, help="how many processes in all")
+    group.add_argument("--process-id", type=int, default=None, help="this process, 0 .. N-1")
+    group.add_argument("--distributed-timeout", type=positive_int, default=120, metavar="SECONDS",
+                       help="how long to wait for every process to join (default: %(default)s)")
+
+
+def initialize(args: argparse.Namespace) -> None:
+    """Joins the distributed runtime the flags (or the cluster's environment) describe; else does nothing."""
+    import jax
+
+    given = {"--coordinator-address": args.coordinator_address, "--num-processes": args.num_processes,
+             "--process-id": args.process_id}
+    if all(value is None for value in given.values()):
+        _initialize_if_detected()
+    else:
+        missing = [flag for flag, value in given.items() if value is None]
+        if missing:
+            raise UserError(f"{', '.join(missing)} missing: --coordinator-address, --num-processes and "
+                            "--process-id go together, on every process")
+        if not _ADDRESS.match(args.coordinator_address) or int(_ADDRESS.match(args.coordinator_address)[2]) > 65535:
+            raise UserError(f"--coordinator-address {args.coordinator_address!r} is not HOST:PORT, e.g. "
+                            "10.0.0.1:1234 or localhost:1234")
+        if not 0 <= args.process_id < args.num_processes:
+            raise UserError(f"--process-id {args.process_id} must be in 0 .. {args.num_processes - 1} "
+                            f"(--num-processes {args.num_processes})")
+        host, port = args.coordinator_address.rsplit(":", 1)
+        rendezvous(host.strip("[]"), int(port), args.num_processes, args.process_id, args.distributed_timeout)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                                   initialization_timeout=args.distributed_timeout)
+    if jax.process_index() != 0:
+        sys.stdout = open(os.devnull, "w")  # process 0 speaks for the run; errors still reach stderr
+
+
+def rendezvous(host: str, port: int, num_processes: int, process_id: int, timeout: float) -> None:
+    """Checks that all processes agree and are there before JAX's runtime starts, which on a missing or mismatched
+    process aborts the interpreter (a fatal C++ error, no exception) instead of raising.
+
+    Process 0 listens on the coordinator's port and waits for the others to say (process count, id); it answers
+    each "ok" once all have come, or the problem. The port is free again for JAX's service afterwards.
+    """
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    hint = ("start every process with the same --coordinator-address and --num-processes and its own "
+            "--process-id")
+    if process_id == 0:
+        with socket.create_server(("", port), reuse_port=False) as server:
+            server.settimeout(1.0)
+            peers: list[socket.socket] = []
+            joined: set[int] = set()
+            problem = None
+            while len(joined) < num_processes - 1 and problem is None:
+                if time.monotonic() > deadline:
+                    problem = (f"only {len(joined) + 1} of {num_processes} processes joined at port {port} within "
+                               f"{timeout:g} s")
+                    break
+                try:
+                    connection, _ = server.accept()
+                except socket.timeout:
+                    continue
+                connection.settimeout(max(deadline - time.monotonic(), 1.0))
+                try:
+                    their_count, their_id = map(int, connection.makefile().readline().split())
+                except (OSError, ValueError):
+                    connection.close()
+                    continue
+                peers.append(connection)
+                if their_count != num_processes:
+                    problem = (f"process {their_id} was started with --num-processes {their_count}, process 0 "
+                               f"with {num_processes}")
+                elif their_id in joined or not 0 < their_id < num_processes:
+                    problem = f"--process-id {their_id} was given twice or is out of range"
+                joined.add(their_id)
+            for connection in peers:
+                try:
+                    connection.sendall(b"ok\n" if problem is None else f"error: {problem}\n".encode())
+                except OSError:
+                    pass
+                connection.close()
+        if problem:
+            raise UserError(f"{problem}: {hint}")
+        return
+    while True:
+        try:
+            connection = socket.create_connection((host, port), timeout=1.0)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise UserError(f"no process 0 answered at {host}:{port} within {timeout:g} s: {hint}") from None
+            time.sleep(0.2)
+    with connection:
+        connection.settimeout(max(deadline - time.monotonic(), 1.0) + 5)
+        connection.sendall(f"{num_processes} {process_id}\n".encode())
+        try:
+            answer = connection.makefile().readline().strip()
+        except OSError:
+            answer = ""
+    if answer != "ok":
+        problem = answer.removeprefix("error: ") or "process 0 gave up waiting (see its error)"
+        raise UserError(f"{problem}: {hint}")
+
+
+def _initialize_if_detected() -> None:
+    """JAX's own detection of a TPU pod slice, SLURM or Open MPI; a plain host, or a process whose JAX is already
+    running (a notebook, a library call), stays a single process."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize()
+    except ValueError:  # no cluster environment detected
+        pass
+    except RuntimeError as e:
+        if "must be called before" not in str(e) and "more than once" not in str(e):
+            raise
+
+
+def is_primary() -> bool:
+    """Whether this process writes the human-facing record."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def put(tree: Any, sharding) -> Any:
+    """Host arrays (the same on every process) -> global arrays laid out by `sharding`."""
+    import jax
+    import numpy as np
+
+    def one(leaf):
+        leaf = np.asarray(leaf)
+        return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
+
+    return jax.tree.map(one, tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Global arrays -> NumPy arrays with every process's part, on every process."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
