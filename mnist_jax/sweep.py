@@ -155,7 +155,9 @@ def sweep_epoch(config, shared_order: bool, vmap_chunk: int | None, mesh):
     def local(state, hyper, x, y):
         n = state.epoch.shape[0]
         if vmap_chunk is not None and vmap_chunk < n:
-            return jax.lax.map(lambda sh: engine.train_epoch(config, *sh, x, y), (state, hyper), batch_size=vmap_chunk)
+            member_epoch = lambda sh: engine.train_epoch(config, *sh, x, y)  # noqa: E731
+            # batch_size=1 would still vmap each member (over an axis of 1), which XLA:CPU runs slower
+            return jax.lax.map(member_epoch, (state, hyper), batch_size=vmap_chunk if vmap_chunk > 1 else None)
         if shared_order:
             key, epoch = state.data_key[0], state.epoch[0]
             member = lambda s, h: engine.train_epoch(config, s.replace(data_key=key, epoch=epoch), h, x, y)  # noqa: E731
