@@ -6,7 +6,9 @@ on a TPU or GPU restores on a CPU, and a sweep's stacked state restores onto wha
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,37 @@ def open_manager(directory: str | os.PathLike, keep_latest: int = 3) -> ocp.Chec
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metrics: dict) -> None:
-    """Saves `state` and its JSON metadata as step `step`; `metrics` rank it for the best-kept policy."""
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                 metrics={k: float(v) for k, v in metrics.items()})
+    """Saves `state` and its JSON metadata as step `step`; `metrics` rank it for the best-kept policy.
+
+    A failed write raises here; what Orbax's and TensorStore's threads print about it meanwhile (a traceback each)
+    is kept off the terminal, so the caller can say it in one line.
+    """
+    with _stderr_silenced():
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                     metrics={k: float(v) for k, v in metrics.items()})
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def discard_partial(manager: ocp.CheckpointManager, step: int) -> None:
+    """Removes what a failed save of `step` left (its temporary folder), giving back the space it took."""
+    import shutil
+
+    for partial in Path(manager.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def with_sharding(abstract: Any, sharding: jax.sharding.Sharding) -> Any:

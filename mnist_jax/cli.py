@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -28,6 +29,26 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return _whole_number(text, 0, "non-negative")
+
+
+SEED_LIMIT = 2 ** 32  # a seed is a uint32 of the PRNG key
+
+
+def seed(text: str) -> int:
+    value = _whole_number(text, 0, "non-negative")
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} does not fit the PRNG's 32-bit seed (at most {SEED_LIMIT - 1})")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number, 0 or more")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -62,7 +83,7 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", choices=SCHEDULES, default=Config.schedule,
                         help="warmup-cosine: linear warmup over the first epoch to the peak learning rate, then "
                              "cosine decay to zero; constant: the learning rate throughout (default: %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=None,
+    parser.add_argument("--weight-decay", type=non_negative_float, default=None,
                         help="weight decay (default: the optimizer's, see --optimizer)")
     parser.add_argument("--hidden", type=int_list, default=Config.hidden,
                         help=f"MLP hidden sizes, comma-separated (default: {','.join(map(str, Config.hidden))})")
@@ -114,10 +135,40 @@ def load_data(args: argparse.Namespace):
         splits["val"] = (ds.x_train[validation], ds.y_train[validation])
     splits["test"] = (ds.x_test[:args.test_limit], ds.y_test[:args.test_limit])
     counts = ", ".join(f"{len(labels)} {name}" for name, (_, labels) in splits.items())
-    print(f"data: {ds.describe()}; using {counts}")
+    dropped = len(train) % args.batch_size
+    print(f"data: {ds.describe()}; using {counts}" + (
+        f" (an epoch trains on {len(train) - dropped} of the {len(train)}: whole batches of {args.batch_size}, "
+        "in a new order each epoch)" if dropped else ""))
     record = {"dataset": args.dataset, "test_limit": args.test_limit,
-              "validation": {"images": len(validation), "permutation_seed": VALIDATION_SEED}}
+              "validation": {"images": len(validation), "permutation_seed": VALIDATION_SEED},
+              "data_location": {"source": args.data_source,
+                                "dir": str(Path(args.data_dir).resolve()) if args.data_dir else None}}
     return ds, splits, record
+
+
+# The flags that make a run (besides model, activation and seed): a default workdir names those that differ from
+# their defaults, so that two different runs never share one and the same command always finds its own.
+RUN_FLAGS = ("dataset", "epochs", "batch_size", "optimizer", "schedule", "lr", "weight_decay", "hidden", "dtype",
+             "validation_size", "train_limit", "test_limit")
+
+
+def default_workdir(parser: argparse.ArgumentParser, args: argparse.Namespace, stem: str,
+                    flags: Sequence[str] = RUN_FLAGS) -> Path:
+    """checkpoints/<stem>[-<flag><value>...] for the `flags` whose value differs from the default (a short hash of
+    them where that would be long)."""
+    import hashlib
+
+    def text(value) -> str:
+        if isinstance(value, (tuple, list)):
+            return "x".join(map(text, value))
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    changed = [f"{dest.replace('_', '')}{text(getattr(args, dest))}" for dest in flags
+               if getattr(args, dest) != parser.get_default(dest) and not (dest == "hidden" and args.model != "mlp")]
+    name = "-".join([stem, *changed])
+    if len(name) > 80:
+        name = f"{stem}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+    return Path("checkpoints") / name
 
 
 def image_counts(splits: dict) -> dict[str, int]:
@@ -134,12 +185,14 @@ def build_config(args: argparse.Namespace, train_size: int):
                   schedule=args.schedule, weight_decay=args.weight_decay, dtype=args.dtype, conv=args.conv)
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+def add_data_args(parser: argparse.ArgumentParser, from_run: bool = False) -> None:
+    """Which data; with `from_run` (evaluate) each flag defaults to what the run record says the run used."""
     from mnist_jax.data import DATASETS, SOURCES
 
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=DATASETS, default="mnist", help="which dataset (default: %(default)s)")
-    group.add_argument("--data-source", choices=SOURCES, default="auto",
+    group = parser.add_argument_group("data" + (" (default: as the run was trained)" if from_run else ""))
+    group.add_argument("--dataset", choices=DATASETS, default=None if from_run else "mnist",
+                       help="which dataset (default: %(default)s)")
+    group.add_argument("--data-source", choices=SOURCES, default=None if from_run else "auto",
                        help="auto: local data only, never a download (IDX files or a prepared tfds copy in "
                             "--data-dir, else the MNIST copy bundled in the package); bundled: the shipped MNIST, "
                             "sha256-verified; idx: the four IDX files (.gz or not) in --data-dir; tfds: "
@@ -185,10 +238,20 @@ def enable_compile_cache(enabled: bool) -> None:
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
     """Runs a CLI main: a UserError becomes one line on stderr and exit status 2, never a traceback."""
+    # Orbax logs a failed write from each of its threads with a traceback; the error that matters is raised here.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         code = main(argv)
+    except BrokenPipeError:  # stdout closed by its reader (| head): end quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except OSError as e:  # a file this run had to write or read: say which, and why, in one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}: free space, or fix the folder's permissions or path, and run the "
+              "same command again", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("interrupted: training resumes from its last completed epoch when the same command is run again",

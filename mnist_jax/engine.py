@@ -151,8 +151,9 @@ def train_step(config: Config, state: TrainState, hyper: Hyper, images, labels):
         state.params, config, hyper, images, labels)
     updates, opt_state = make_optimizer(config, hyper.learning_rate).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    sound = jnp.isfinite(loss) & (loss < DIVERGENCE_LOSS) & grads_finite
+    all_finite = lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))  # noqa: E731
+    # the new parameters too: a huge weight decay overflows them from finite gradients
+    sound = jnp.isfinite(loss) & (loss < DIVERGENCE_LOSS) & all_finite(grads) & all_finite(params)
     diverged = state.diverged | ~sound
     keep = lambda new, old: jnp.where(diverged, old, new)  # noqa: E731
     state = state.replace(params=jax.tree.map(keep, params, state.params),

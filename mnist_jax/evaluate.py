@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Sequence
 
-from mnist_jax import cli
+from mnist_jax import cli, records
+from mnist_jax.errors import UserError
 
 
 def checkpoint_choice(text: str) -> str | int:
@@ -34,10 +34,11 @@ def parse_args(argv):
     parser = cli.Parser(prog="python -m mnist_jax.evaluate", description=__doc__.split(":", 1)[1].strip())
     add_model_args(parser)
     parser.add_argument("--out", type=Path, default=None,
-                        help="where the PNGs and evaluation.json go (default: <workdir>/evaluation)")
+                        help="where the PNGs and evaluation.json go (default: <workdir>/evaluation, and "
+                             "<workdir>/evaluation/<activation>-seed<seed>-lr<lr> for a sweep's member)")
     parser.add_argument("--errors", type=cli.positive_int, default=25,
                         help="how many confidently wrong images to show (default: %(default)s)")
-    cli.add_data_args(parser)
+    cli.add_data_args(parser, from_run=True)
     cli.add_cache_arg(parser)
     return parser.parse_args(argv)
 
@@ -109,13 +110,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from mnist_jax import engine
     from mnist_jax.data import load_dataset
-    from mnist_jax.workdir import load_model, read_run, selection_of
+    from mnist_jax.workdir import find_member, load_model, read_run, selection_of
 
     workdir = args.workdir
     run = read_run(workdir)
     config, hyper, state, step = load_model(workdir, args.checkpoint, args.member, args.conv)
+    member_folder = ""  # a sweep's members each get a folder of their own
+    if args.member:
+        member = run["members"][find_member(run, args.member)]
+        member_folder = f"{member['activation']}-seed{member['seed']}-lr{member['lr']:g}"
     selected_by = {"checkpoint": args.checkpoint, **selection_of(workdir, step)}
-    ds = load_dataset(args.data_source, run["dataset"], args.data_dir)
+    if args.dataset not in (None, run["dataset"]):
+        raise UserError(f"{workdir} was trained on {run['dataset']}, not {args.dataset}: evaluate it on "
+                        f"{run['dataset']} (leave out --dataset)")
+    location = run["data_location"]
+    ds = load_dataset(args.data_source or location["source"], run["dataset"], args.data_dir or location["dir"])
     print(f"data: {ds.describe()}")
     images, labels = ds.x_test[:run["test_limit"]], ds.y_test[:run["test_limit"]]
 
@@ -141,15 +150,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for t in range(10):
         print(f"{t:>6d}" + "".join(f"{matrix[t, p]:>6d}" for p in range(10)))
 
-    out = args.out or workdir / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
-    confusion_png(matrix, out / "confusion_matrix.png", f"{name}, epoch {step}: {accuracy:.2%}")
-    shown = errors_png(images, labels, predicted, confidence, out / "most_confident_errors.png", args.errors)
-    (out / "evaluation.json").write_text(json.dumps({
-        "workdir": str(workdir), "member": args.member, "epoch": step, "selected_by": selected_by,
-        "test_accuracy": accuracy, "test_loss": loss,
-        "recorded_test_accuracy": recorded, "per_class_accuracy": per_class, "confusion_matrix": matrix.tolist()},
-        indent=2) + "\n")
+    out = args.out or workdir / "evaluation" / member_folder
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        confusion_png(matrix, out / "confusion_matrix.png", f"{name}, epoch {step}: {accuracy:.2%}")
+        shown = errors_png(images, labels, predicted, confidence, out / "most_confident_errors.png", args.errors)
+        records.write_json(out / "evaluation.json", {
+            "workdir": str(workdir), "member": args.member, "epoch": step, "selected_by": selected_by,
+            "test_accuracy": accuracy, "test_loss": loss, "recorded_test_accuracy": recorded,
+            "per_class_accuracy": per_class, "confusion_matrix": matrix.tolist()})
+    except OSError as e:
+        raise UserError(f"could not write the evaluation to {out} ({e.strerror}): the numbers above stand; pass "
+                        "--out DIR to write it elsewhere") from None
     print(f"wrote {out / 'confusion_matrix.png'}, {out / 'most_confident_errors.png'} ({shown} images) and "
           f"{out / 'evaluation.json'}")
     return 0

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from mnist_jax import checkpoint, metrics
+from mnist_jax import checkpoint, metrics, records
 from mnist_jax.workdir import load_sweep_member, prepare_workdir, read_metrics, read_sweep, recipe, run_description
 
-DATA_RECORD = ("dataset", "test_limit", "validation")  # the parts of a sweep's run record that a member shares
+DATA_RECORD = ("dataset", "test_limit", "validation", "data_location")  # the parts of a sweep's run record that a member shares
 
 
 def export_member(sweep_dir: Path, spec: str, to: Path) -> int:
@@ -19,7 +18,7 @@ def export_member(sweep_dir: Path, spec: str, to: Path) -> int:
                                   {key: run[key] for key in DATA_RECORD})
     prepare_workdir(Path(to), description, fresh=False)
     rows = [metrics.member_row(row, index) for row in read_metrics(Path(sweep_dir) / "metrics.jsonl", step)]
-    (Path(to) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records.write_rows(Path(to) / "metrics.jsonl", rows)
     metric, score = metrics.selection_score(rows[-1]) if rows else ("epoch", float(step))
     manager = checkpoint.open_manager(Path(to) / "checkpoints")
     try:
@@ -33,7 +32,7 @@ def export_member(sweep_dir: Path, spec: str, to: Path) -> int:
                    "hyperparameters": recipe(config, member["lr"]),
                    "epochs": step, **{k: rows[-1][k] for k in metrics.metric_names(rows[-1])},
                    "diverged": bool(state.diverged), "exported_from": str(sweep_dir)}
-        (Path(to) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        records.write_json(Path(to) / "summary.json", summary)
     print(f"exported member {member['activation']},{member['seed']},{member['lr']:g} of {sweep_dir} at epoch {step} "
           f"to {to}")
     return 0

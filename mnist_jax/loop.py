@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any, Callable, Sequence
 import jax
 from tqdm import tqdm
 
-from mnist_jax import checkpoint, distributed, metrics
+from mnist_jax import checkpoint, distributed, metrics, records
+from mnist_jax.errors import UserError
 from mnist_jax.workdir import read_metrics
 
 
@@ -53,8 +53,8 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
             state = run.init()
         metrics_path = workdir / "metrics.jsonl"
         rows = read_metrics(metrics_path, start) if primary else []
-        if primary:
-            metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        if primary and start < epochs and rows != records.read_rows(metrics_path):
+            records.write_rows(metrics_path, rows)  # drops the rows of epochs whose checkpoint was lost
         if start >= epochs:
             return state, rows, True
 
@@ -73,12 +73,19 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
             by_split, diverged = distributed.to_host(({"train": train_metrics, **run.evaluate(state)}, state.diverged))
             row = metrics.make_row(epoch, by_split, diverged, seconds, run.images_per_epoch, run.members)
             rows.append(row)
-            if primary:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
             metric, score = metrics.selection_score(row)
-            checkpoint.save(manager, epoch, state, {**meta, "epoch": epoch, "selected_by": {metric: score}},
-                            {checkpoint.BEST_METRIC: score})
+            try:
+                if primary:
+                    records.append_row(metrics_path, row)
+                checkpoint.save(manager, epoch, state, {**meta, "epoch": epoch, "selected_by": {metric: score}},
+                                {checkpoint.BEST_METRIC: score})
+            except Exception as e:  # Orbax reports a full disk as ValueError, files as OSError
+                bar.leave = False
+                bar.close()
+                checkpoint.discard_partial(manager, epoch)
+                raise UserError(f"could not save epoch {epoch} in {workdir} ({records.os_reason(e)}): free space or "
+                                f"make it writable, then run the same command to resume after epoch {epoch - 1}") \
+                    from None
             bar.update()
             bar.write(run.describe(row))
         bar.close()

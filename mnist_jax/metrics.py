@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mnist_jax.records import strict
+
 SPLITS = ("train", "val", "test")  # train: as trained, over the epoch's batches; val: selects; test: reported only
 METRICS = ("loss", "accuracy")
 SELECTION = "val_accuracy"  # what chooses the best checkpoint, learning rates and epochs to a threshold
@@ -23,14 +25,17 @@ def columns(by_split: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 def make_row(epoch: int, by_split: Mapping[str, Mapping[str, Any]], diverged: Any, seconds: float,
              images: int, members: Sequence[Mapping[str, Any]] | None = None) -> dict:
-    """An epoch's metrics.jsonl row; with `members` every value has a leading member axis (padding past the end)."""
+    """An epoch's metrics.jsonl row; with `members` every value has a leading member axis (padding past the end).
+
+    A non-finite value (a diverged member's training loss) becomes None, as metrics.jsonl stores it (null).
+    """
     timing = {"epoch_seconds": round(seconds, 4), "images_per_second": round(images / seconds, 1)}
     values = {**columns(by_split), "diverged": diverged}
     if members is None:
-        return {"epoch": epoch, **{k: _plain(v) for k, v in values.items()}, **timing}
+        return strict({"epoch": epoch, **{k: _plain(v) for k, v in values.items()}, **timing})
     stacked = {k: np.asarray(v)[:len(members)].tolist() for k, v in values.items()}
-    return {"epoch": epoch, **timing,
-            "members": [{**member, **{k: v[i] for k, v in stacked.items()}} for i, member in enumerate(members)]}
+    return strict({"epoch": epoch, **timing, "members": [{**member, **{k: v[i] for k, v in stacked.items()}}
+                                                         for i, member in enumerate(members)]})
 
 
 def member_row(row: dict, index: int) -> dict:
@@ -59,9 +64,14 @@ def describe(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']:3d}/{epochs}"]
     for split in SPLITS:
         if f"{split}_loss" in row:
-            parts.append(f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_accuracy']:.2%}")
+            parts.append(f"{split} loss {loss_text(row[f'{split}_loss'])} acc {row[f'{split}_accuracy']:.2%}")
     parts.append(f"{row['epoch_seconds']:.2f} s  {row['images_per_second']:,.0f} img/s")
     return "  ".join(parts) + ("  DIVERGED" if row["diverged"] else "")
+
+
+def loss_text(loss: float | None) -> str:
+    """A loss for people: None (non-finite, as a diverged run's rows hold it) reads as nan."""
+    return "nan" if loss is None else f"{loss:.4f}"
 
 
 def _plain(value: Any) -> Any:

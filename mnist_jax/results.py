@@ -8,12 +8,12 @@ test set with paired intervals over seeds. Without a validation split nothing is
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from mnist_jax import records
 from mnist_jax.metrics import SELECTION, metric_names
 
 THRESHOLDS = (0.99, 0.98)  # epochs to reach these validation accuracies measure convergence
@@ -58,7 +58,7 @@ def summarize(members: list[dict]) -> list[dict]:
             if metric in group[0]:
                 entry.update(_stats([m[metric] for m in group], metric))
         entry.update(n_diverged=sum(m["diverged"] for m in group),
-                     mean_train_loss=float(np.mean([m["train_loss"] for m in group])))
+                     mean_train_loss=float(np.nanmean(np.array([m["train_loss"] for m in group], dtype=float))))
         for threshold in THRESHOLDS:
             key = f"epoch_to_{_pct(threshold)}"
             reached = [m[key] for m in group if m[key] is not None]
@@ -251,10 +251,10 @@ def write_results(workdir: Path, rows: list[dict], environment: dict) -> str:
     summary = summarize(members)
     selection = select(summary)
     pairs = comparisons(members, selection)
-    (workdir / "results.json").write_text(json.dumps(
-        {"members": members, "summary": summary, "selection": selection, "paired_differences": pairs,
-         "epochs": rows[-1]["epoch"], "environment": environment}, indent=2) + "\n")
+    records.write_json(workdir / "results.json", {
+        "members": members, "summary": summary, "selection": selection, "paired_differences": pairs,
+        "epochs": rows[-1]["epoch"], "environment": environment})
     text = markdown(summary, selection, pairs, members)
-    (workdir / "results.md").write_text(text)
+    records.write_text(workdir / "results.md", text)
     plot(workdir, rows, selection)
     return text

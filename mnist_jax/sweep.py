@@ -6,6 +6,8 @@ same function `train` runs. With several devices the member axis is sharded over
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -39,9 +41,9 @@ def vmap_chunk(text: str) -> str | int | None:
 
 def parse_list(kind, text: str, what: str) -> list:
     try:
-        values = [kind(part) for part in text.split(",") if part.strip()]
-    except (ValueError, TypeError):
-        raise UserError(f"{what} {text!r} must be a comma-separated list") from None
+        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+        raise UserError(f"{what} {text!r} must be a comma-separated list ({e})") from None
     if not values:
         raise UserError(f"{what} is empty")
     return values
@@ -63,7 +65,9 @@ def parse_args(argv: Sequence[str] | None):
                              "many train one after another (lax.map over whole epochs). all: one vmap of every "
                              "member; auto: 1 on CPU, where it measured fastest, all on GPU and TPU; the results "
                              "are the same either way, up to float rounding (default: %(default)s)")
-    parser.add_argument("--workdir", type=Path, default=None, help="(default: checkpoints/sweep-<model>)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="(default: checkpoints/sweep-<model>, followed by every flag of the sweep that differs "
+                             "from its default, e.g. -lrs0.001,0.01)")
     parser.add_argument("--export-member", default=None, metavar="ACTIVATION,SEED[,LR]",
                         help="write that member of the sweep in --workdir as a single-model workdir at --to")
     parser.add_argument("--to", type=Path, default=None, help="destination of --export-member")
@@ -73,7 +77,8 @@ def parse_args(argv: Sequence[str] | None):
     distributed.add_args(parser)
     args = parser.parse_args(argv)
     if args.workdir is None:
-        args.workdir = Path("checkpoints") / f"sweep-{args.model}"
+        flags = ("activations", "seeds", "seed_list", "lrs", "shared_order", *(f for f in cli.RUN_FLAGS if f != "lr"))
+        args.workdir = cli.default_workdir(parser, args, f"sweep-{args.model}", flags)
     return args
 
 
@@ -82,10 +87,14 @@ def member_grid(args, default_lr: float) -> list[Member]:
     for activation in activations:
         if activation not in ACTIVATIONS:
             raise UserError(f"unknown activation {activation!r} in --activations: choose from {', '.join(ACTIVATIONS)}")
-    seeds = parse_list(int, args.seed_list, "--seed-list") if args.seed_list else list(range(args.seeds))
-    lrs = parse_list(float, args.lrs, "--lrs") if args.lrs else [default_lr]
-    if any(not lr > 0 for lr in lrs):
-        raise UserError(f"--lrs {args.lrs} must all be positive")
+    if args.seeds > cli.SEED_LIMIT:
+        raise UserError(f"--seeds {args.seeds} goes past the PRNG's 32-bit seeds: choose fewer")
+    seeds = parse_list(cli.seed, args.seed_list, "--seed-list") if args.seed_list else list(range(args.seeds))
+    lrs = parse_list(cli.positive_float, args.lrs, "--lrs") if args.lrs else [default_lr]
+    for flag, values in (("--activations", activations), ("--seed-list", seeds), ("--lrs", lrs)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise UserError(f"{flag} names {', '.join(repeated)} more than once: every member must be unique")
     return [Member(a, s, lr) for a, s, lr in itertools.product(activations, seeds, lrs)]
 
 
@@ -179,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (args.export_member and args.to):
             raise UserError("--export-member and --to go together: --export-member relu,3 --to DIR")
         return export_member(args.workdir, args.export_member, args.to)
+    with contextlib.ExitStack() as held:  # the workdir's lock lives as long as this launch
+        return run_sweep(args, held)
+
+
+def run_sweep(args, held: contextlib.ExitStack) -> int:
     started = time.time()
     cli.enable_compile_cache(not args.no_compile_cache)
     distributed.initialize(args)
@@ -189,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mnist_jax import checkpoint, engine, results
     from mnist_jax.loop import Run, fit
     from mnist_jax.report import environment
-    from mnist_jax.workdir import prepare_workdir
+    from mnist_jax.workdir import hold, prepare_workdir
 
     members = member_grid(args, engine.OPTIMIZERS[args.optimizer].learning_rate)
     ds, splits, data_record = cli.load_data(args)
@@ -203,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chunk = default_vmap_chunk() if args.vmap_chunk == "auto" else args.vmap_chunk
 
     description = sweep_description(config, members, args.shared_order, data_record)
+    held.enter_context(hold(args.workdir))
     prepare_workdir(args.workdir, description, args.fresh)
     print(f"sweep: {len(members)} members ({len(padded) - len(members)} padding) of {args.model} on "
           f"{mesh.size} {jax.default_backend()} device(s) in {jax.process_count()} process(es), {config.epochs} "
@@ -221,10 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               members=[dataclasses.asdict(m) for m in members])
     state, rows, finished_before = fit(args.workdir, run, config.epochs,
                                        meta={"run": description, "stacked_members": len(padded)})
-    if finished_before:
-        print(f"{args.workdir} already holds a finished sweep of {config.epochs} epochs")
     if not distributed.is_primary():
         return 0
+    if finished_before:
+        print(f"{args.workdir} already holds a finished sweep of {config.epochs} epochs")
+        if (args.workdir / "results.md").exists():  # a finished run started again writes nothing
+            print((args.workdir / "results.md").read_text())
+            return 0
     report = results.write_results(args.workdir, rows, environment={
         **environment(), "wall_seconds": round(time.time() - started, 2), "vmap_chunk": chunk,
         "conv": config.conv if config.model == "lenet" else None,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -21,22 +21,27 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default: %(default)s)")
     parser.add_argument("--lr", type=cli.positive_float, default=None,
                         help="peak learning rate (default: the optimizer's, see --optimizer)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds parameters and batch order (default: %(default)s)")
+    parser.add_argument("--seed", type=cli.seed, default=0, help="seeds parameters and batch order (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where metrics, summary and checkpoints go (default: "
-                             "checkpoints/<model>-<activation>-seed<seed>); an existing one is resumed")
+                             "checkpoints/<model>-<activation>-seed<seed>, followed by every flag of the run that "
+                             "differs from its default, e.g. -epochs3); an existing one is resumed")
     cli.add_split_args(parser)
     cli.add_data_args(parser)
     cli.add_cache_arg(parser)
     distributed.add_args(parser)
     args = parser.parse_args(argv)
     if args.workdir is None:
-        args.workdir = Path("checkpoints") / f"{args.model}-{args.activation}-seed{args.seed}"
+        args.workdir = cli.default_workdir(parser, args, f"{args.model}-{args.activation}-seed{args.seed}")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    with contextlib.ExitStack() as held:  # the workdir's lock lives as long as this launch
+        return train(parse_args(argv), held)
+
+
+def train(args, held: contextlib.ExitStack) -> int:
     started = time.time()
     cli.enable_compile_cache(not args.no_compile_cache)
     distributed.initialize(args)
@@ -44,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from mnist_jax import engine, metrics
+    from mnist_jax import engine, metrics, records
     from mnist_jax.loop import Run, fit
     from mnist_jax.report import environment
-    from mnist_jax.workdir import abstract_member, prepare_workdir, recipe, run_description
+    from mnist_jax.workdir import abstract_member, hold, prepare_workdir, recipe, run_description
 
     ds, splits, data_record = cli.load_data(args)
     config = cli.build_config(args, len(splits["train"][1]))
@@ -59,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hyper = engine.Hyper.create(args.activation, lr, args.seed)
     workdir = args.workdir
     description = run_description(config, args.activation, lr, args.seed, data_record)
+    held.enter_context(hold(workdir))
     prepare_workdir(workdir, description, args.fresh)
     mesh = Mesh(jax.devices(), (DATA_AXIS,))  # every device of every process: data parallel
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -93,9 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         **cli.image_counts(splits)},
                **environment()}
     if distributed.is_primary():
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"final test accuracy {final['test_accuracy']:.2%} (test loss {final['test_loss']:.4f}) after "
+        records.write_json(workdir / "summary.json", summary)
+    print(f"final test accuracy {final['test_accuracy']:.2%} (test loss {metrics.loss_text(final['test_loss'])}) after "
           f"{config.epochs} epochs; {summary['wall_seconds']:.1f} s; results in {workdir}")
+    if final["diverged"]:
+        first = next(row["epoch"] for row in rows if row["diverged"])
+        print(f"DIVERGED in epoch {first}: a batch loss became non-finite or exceeded ten times chance, and the "
+              "parameters were frozen at their last sound values; lower --lr or --weight-decay")
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import functools
 import json
 import shutil
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from mnist_jax import checkpoint, engine
+from mnist_jax import checkpoint, distributed, engine, records
 from mnist_jax.errors import UserError
 
 
@@ -46,31 +48,96 @@ def read_run(workdir: Path) -> dict:
     run_file = Path(workdir) / "run.json"
     if not run_file.exists():
         raise UserError(f"{workdir} is not a training workdir (no run.json): pass the --workdir a run wrote")
-    run = json.loads(run_file.read_text())
-    if run.get("format") != RUN_FORMAT:
+    run = records.read_json(run_file)
+    if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
         raise UserError(f"{workdir} was written by an earlier mnist_jax, before validation splits (its best "
                         "checkpoint was chosen on the test set): train again into another --workdir, or rerun its "
                         "command with --fresh to replace it")
     return run
 
 
+@contextlib.contextmanager
+def hold(workdir: Path):
+    """One launch per workdir: an OS lock on <workdir>/.lock for as long as this is entered.
+
+    The kernel releases it when the process ends, however it ends, so it is never stale. A second launch gets a
+    one-line error naming the holder and changes nothing. In a multi-process launch process 0 holds it for all.
+    A read-only workdir is not locked: nobody can write there, and reporting a finished run writes nothing.
+    """
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    lock, problem = None, None
+    if distributed.is_primary():
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        if os.access(workdir, os.W_OK):
+            lock = open(Path(workdir) / ".lock", "a+")
+            problem = _take(lock, workdir)
+    if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(np.int32(problem is None)):
+        problem = problem or UserError(f"workdir {workdir} is in use by another launch (see process 0)")
+    try:
+        if problem:
+            raise problem
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _take(lock, workdir: Path) -> UserError | None:
+    """Locks the open lock file and writes who holds it, or returns the error naming the holder."""
+    import fcntl
+    import socket
+    import time
+
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        return UserError(f"workdir {workdir} is in use by {holder}: wait for that run to end, or choose another "
+                         "--workdir")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    lock.flush()
+    return None
+
+
+# Everything a run writes into its workdir, and so everything --fresh may delete (nothing else, ever).
+RUN_OUTPUTS = ("run.json", "metrics.jsonl", "summary.json", "checkpoints", "evaluation", "results.json",
+               "results.md", "learning_curves.png", "validation_vs_lr.png", "curves.png", "tb")
+
+
 def prepare_workdir(workdir: Path, description: dict, fresh: bool) -> None:
+    """Makes `workdir` hold `description`'s run: new, resumed, or (with `fresh`) the old run's outputs deleted.
+
+    --fresh deletes only RUN_OUTPUTS, and only where a run record says this project wrote them.
+    """
     run_file = workdir / "run.json"
-    if fresh and workdir.exists():
-        for name in ("run.json", "metrics.jsonl", "summary.json", "checkpoints"):
+    if not run_file.exists() and (workdir / "checkpoints").exists():
+        raise UserError(f"workdir {workdir} has a checkpoints/ folder but no run.json, so it is not a run this "
+                        "project can resume or may delete: choose another --workdir")
+    if fresh and run_file.exists():
+        for name in RUN_OUTPUTS:
             path = workdir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if run_file.exists():
         stored = read_run(workdir)
-        if stored != description:
-            diffs = _differences(stored, description)
-            raise UserError(f"workdir {workdir} holds a different run ({diffs}): choose another --workdir, "
-                            "or pass --fresh to discard it")
+        if _identity(stored) != _identity(description):
+            diffs = _differences(_identity(stored), _identity(description))
+            raise UserError(f"workdir {workdir} holds a different run ({diffs}): choose another --workdir (left "
+                            "out, each configuration gets its own), or pass --fresh to delete that run's record, "
+                            "metrics, checkpoints and evaluations")
         return
-    if workdir.exists() and (workdir / "checkpoints").exists():
-        raise UserError(f"workdir {workdir} has checkpoints but no run.json: choose another --workdir or pass --fresh")
     workdir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(description, indent=2) + "\n")
+    records.write_json(run_file, description)
+
+
+def _identity(run: dict) -> dict:
+    """What must match for a workdir to resume: all of the record but where the data was read from (a data
+    directory may move; its content is checked as it loads)."""
+    return {k: v for k, v in run.items() if k != "data_location"}
 
 
 def _differences(stored: dict, wanted: dict, prefix: str = "") -> str:
@@ -87,10 +154,7 @@ def _differences(stored: dict, wanted: dict, prefix: str = "") -> str:
 
 def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
     """metrics.jsonl lines of epochs that have a checkpoint; later ones were lost with the process."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if row["epoch"] <= up_to_epoch]
+    return [row for row in records.read_rows(path) if row["epoch"] <= up_to_epoch]
 
 
 def abstract_member(config: engine.Config, hyper: engine.Hyper, sharding: jax.sharding.Sharding):

@@ -58,7 +58,7 @@ def test_evaluate_a_sweep_member(tmp_path, capsys):
     assert "--member" in capsys.readouterr().err
     assert run(evaluate.main, "--workdir", workdir, "--member", "elu,0") == 0
     recorded = json.loads((workdir / "results.json").read_text())["members"][1]["test_accuracy"]
-    assert json.loads((workdir / "evaluation" / "evaluation.json").read_text())["test_accuracy"] == \
+    assert json.loads((workdir / "evaluation" / "elu-seed0-lr0.002" / "evaluation.json").read_text())["test_accuracy"] == \
         pytest.approx(recorded, abs=1e-6)
 
 

@@ -1,0 +1,104 @@
+"""The files a run leaves, written so that a crash or a full disk can only cut the last row short.
+
+Every JSON file is strict JSON (a non-finite number, which only a diverged run produces, is written as null),
+rewrites go to a temporary file that then replaces the old one, and rows are appended one whole line per write.
+Reading tolerates what a crash can leave: an incomplete or garbled row is dropped with a one-line warning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from mnist_jax.errors import UserError
+
+
+_OS_REASONS = ("No space left on device", "Read-only file system", "Permission denied", "No such file or directory",
+               "Disk quota exceeded")
+
+
+def os_reason(error: BaseException) -> str:
+    """What went wrong with a file, in the OS's words, from an OSError or from a library's message around one."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    return next((reason for reason in _OS_REASONS if reason in text),
+                text.strip().splitlines()[0][:160] if text.strip() else type(error).__name__)
+
+
+def strict(value: Any) -> Any:
+    """`value` with every NaN and infinity replaced by None, so that json.dumps(allow_nan=False) accepts it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kwargs) -> str:
+    return json.dumps(strict(value), allow_nan=False, **kwargs)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replaces `path` with `text` atomically: readers see the old file or the new one, never a part."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_text(path, dumps(value, indent=2) + "\n")
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    write_text(path, "".join(dumps(row) + "\n" for row in rows))
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Adds one row as one line; a crash in the middle leaves at most an incomplete last line."""
+    with open(path, "a") as f:
+        f.write(dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a .jsonl file; lines that are not whole JSON objects are dropped, with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows, dropped = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and "epoch" in row:
+            rows.append(row)
+        else:
+            dropped.append(number)
+    if dropped:
+        print(f"warning: {path}: dropped damaged line(s) {', '.join(map(str, dropped))} (an interrupted write); "
+              "the epochs they held are trained again if no checkpoint has them", file=sys.stderr)
+    return rows
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file the project wrote, or a one-line error naming it if it is damaged."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}: {e}): restore it from a copy, or start the run "
+                        "again with --fresh (which deletes the run)") from None
