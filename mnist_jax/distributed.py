@@ -152,6 +152,17 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def primary_says(ok: bool) -> bool:
+    """Process 0's `ok`, on every process: how the others learn that a step only process 0 takes went well."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return ok
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
 def put(tree: Any, sharding) -> Any:
     """Host arrays (the same on every process) -> global arrays laid out by `sharding`."""
     import jax

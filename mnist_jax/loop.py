@@ -53,8 +53,8 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
             state = run.init()
         metrics_path = workdir / "metrics.jsonl"
         rows = read_metrics(metrics_path, start) if primary else []
-        if primary and start < epochs and rows != records.read_rows(metrics_path):
-            records.write_rows(metrics_path, rows)  # drops the rows of epochs whose checkpoint was lost
+        if primary and start < epochs:  # drops damaged rows and those of epochs whose checkpoint was lost
+            records.write_rows(metrics_path, rows)
         if start >= epochs:
             return state, rows, True
 

@@ -48,7 +48,7 @@ def dumps(value: Any, **kwargs) -> str:
 def write_text(path: Path, text: str) -> None:
     """Replaces `path` with `text` atomically: readers see the old file or the new one, never a part."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temporary, "w") as f:
         f.write(text)
         f.flush()

@@ -64,16 +64,13 @@ def hold(workdir: Path):
     one-line error naming the holder and changes nothing. In a multi-process launch process 0 holds it for all.
     A read-only workdir is not locked: nobody can write there, and reporting a finished run writes nothing.
     """
-    import numpy as np
-    from jax.experimental import multihost_utils
-
     lock, problem = None, None
     if distributed.is_primary():
         Path(workdir).mkdir(parents=True, exist_ok=True)
         if os.access(workdir, os.W_OK):
             lock = open(Path(workdir) / ".lock", "a+")
             problem = _take(lock, workdir)
-    if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(np.int32(problem is None)):
+    if not distributed.primary_says(problem is None):
         problem = problem or UserError(f"workdir {workdir} is in use by another launch (see process 0)")
     try:
         if problem:
@@ -112,8 +109,20 @@ RUN_OUTPUTS = ("run.json", "metrics.jsonl", "summary.json", "checkpoints", "eval
 def prepare_workdir(workdir: Path, description: dict, fresh: bool) -> None:
     """Makes `workdir` hold `description`'s run: new, resumed, or (with `fresh`) the old run's outputs deleted.
 
-    --fresh deletes only RUN_OUTPUTS, and only where a run record says this project wrote them.
+    --fresh deletes only RUN_OUTPUTS, and only where a run record says this project wrote them. Process 0 alone does
+    this in a multi-process launch; the others learn whether it could.
     """
+    problem = None
+    if distributed.is_primary():
+        try:
+            _prepare(workdir, description, fresh)
+        except UserError as e:
+            problem = e
+    if not distributed.primary_says(problem is None):
+        raise problem or UserError(f"process 0 could not prepare workdir {workdir} (see its error)")
+
+
+def _prepare(workdir: Path, description: dict, fresh: bool) -> None:
     run_file = workdir / "run.json"
     if not run_file.exists() and (workdir / "checkpoints").exists():
         raise UserError(f"workdir {workdir} has a checkpoints/ folder but no run.json, so it is not a run this "

@@ -110,18 +110,28 @@ def test_a_batch_that_does_not_split_over_the_devices_is_one_line(tmp_path):
 
 
 def launch_processes(workdir, n=2, devices=2, extra=()):
+    """n processes of one sweep; their output goes to files (a full pipe would stall a process, and with it all)."""
     port = free_port()
-    return [subprocess.Popen(command("sweep", *SWEEP, *extra, "--workdir", workdir, "--coordinator-address",
-                                     f"127.0.0.1:{port}", "--num-processes", n, "--process-id", i,
-                                     "--distributed-timeout", 60),
-                             env=environment(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for i in range(n)]
+    processes = []
+    for i in range(n):
+        out, err = (open(f"{workdir}.{i}.{name}", "w+") for name in ("out", "err"))
+        processes.append(subprocess.Popen(
+            command("sweep", *SWEEP, *extra, "--workdir", workdir, "--coordinator-address", f"127.0.0.1:{port}",
+                    "--num-processes", n, "--process-id", i, "--distributed-timeout", 60),
+            env=environment(devices), stdout=out, stderr=err, text=True))
+        processes[-1].files = (out, err)
+    return processes
 
 
 def wait_all(processes, timeout=240):
-    outputs = [p.communicate(timeout=timeout) for p in processes]
-    for p, (_, err) in zip(processes, outputs):
-        assert p.returncode == 0, err[-3000:]
+    """(stdout, stderr) of each process, once all have ended well."""
+    outputs = []
+    for p in processes:
+        p.wait(timeout=timeout)
+        for f in p.files:
+            f.seek(0)
+        outputs.append(tuple(f.read() for f in p.files))
+        assert p.returncode == 0, outputs[-1][1][-3000:]
     return outputs
 
 

@@ -1,0 +1,224 @@
+"""Faults and bad input as a new user meets them: nothing lost, one clear line, never a traceback."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_jax import checkpoint, cli, evaluate, records, sweep, train
+from mnist_jax.workdir import hold
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "1024", "--test-limit", "256",
+         "--validation-size", "500"]
+
+
+def run(main, *argv) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main, [str(a) for a in argv])
+    return exit_info.value.code
+
+
+def last_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1].split("\r")[-1].strip()
+
+
+def strict_json(path: Path):
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_two_different_commands_get_different_default_workdirs_and_one_command_always_the_same():
+    default = train.parse_args(["--model", "mlp"]).workdir
+    one_epoch = train.parse_args(["--model", "mlp", "--epochs", "1"]).workdir
+    fashion = train.parse_args(["--model", "mlp", "--dataset", "fashion_mnist", "--data-dir", "/somewhere"]).workdir
+    assert len({default, one_epoch, fashion}) == 3
+    assert one_epoch == train.parse_args(["--epochs", "1", "--model", "mlp"]).workdir
+    assert default == Path("checkpoints/mlp-relu-seed0") and one_epoch == Path("checkpoints/mlp-relu-seed0-epochs1")
+    assert sweep.parse_args(["--lrs", "0.001,0.01"]).workdir != sweep.parse_args(["--lrs", "0.001"]).workdir
+
+
+def test_fresh_never_deletes_a_folder_without_a_run_record(tmp_path, capsys):
+    other = tmp_path / "checkpoints" / "someone-elses"
+    other.mkdir(parents=True)
+    (other / "weights.bin").write_bytes(b"precious")
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", tmp_path, "--fresh") == 2
+    assert "no run.json" in last_error_line(capsys)
+    assert (other / "weights.bin").read_bytes() == b"precious"
+
+
+def test_fresh_deletes_only_what_the_run_wrote(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert run(evaluate.main, "--workdir", workdir) == 0
+    (workdir / "my_notes.txt").write_text("keep me")
+    assert run(train.main, *SMALL, "--epochs", "1", "--activation", "elu", "--workdir", workdir, "--fresh") == 0
+    assert (workdir / "my_notes.txt").read_text() == "keep me"
+    assert not (workdir / "evaluation").exists()
+    assert json.loads((workdir / "run.json").read_text())["activation"] == "elu"
+
+
+def test_a_second_launch_into_a_held_workdir_names_the_holder_and_changes_nothing(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.name != ".lock"}
+    with hold(workdir):
+        assert run(train.main, *SMALL, "--epochs", "2", "--workdir", workdir, "--fresh") == 2
+        assert f"in use by PID {os.getpid()}" in last_error_line(capsys)
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.name != ".lock"} == before
+
+
+@pytest.mark.parametrize("fail", ["checkpoint", "metrics"])
+def test_a_full_disk_mid_run_is_one_line_and_the_same_command_resumes(fail, tmp_path, capsys, monkeypatch):
+    workdir = tmp_path / "run"
+    real_save, real_append = checkpoint.save, records.append_row
+
+    def save(manager, step, *args):
+        if step == 2:
+            raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x": No space left on device [28]')
+        return real_save(manager, step, *args)
+
+    def append_row(path, row):
+        if row["epoch"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_append(path, row)
+
+    monkeypatch.setattr(checkpoint, "save", save) if fail == "checkpoint" else \
+        monkeypatch.setattr(records, "append_row", append_row)
+    assert run(train.main, *SMALL, "--epochs", "3", "--workdir", workdir) == 2
+    line = last_error_line(capsys)
+    assert "No space left on device" in line and "resume after epoch 1" in line
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+    monkeypatch.undo()
+    assert run(train.main, *SMALL, "--epochs", "3", "--workdir", workdir) == 0
+    assert [r["epoch"] for r in records.read_rows(workdir / "metrics.jsonl")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("damage", ['{"epoch": 2, "train_lo', "\x00\x00garbage\n"])
+def test_a_damaged_last_metrics_line_is_dropped_with_a_warning_and_the_run_resumes(damage, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run(train.main, *SMALL, "--epochs", "2", "--workdir", workdir) == 0
+    first = (workdir / "metrics.jsonl").read_text().splitlines()[0]
+    (workdir / "metrics.jsonl").write_text(first + "\n" + damage)  # a crash while writing epoch 2's row
+    shutil.rmtree(workdir / "checkpoints" / "2")  # which came before its checkpoint
+    capsys.readouterr()
+    assert run(train.main, *SMALL, "--epochs", "2", "--workdir", workdir) == 0
+    assert "dropped damaged line" in capsys.readouterr().err
+    assert [r["epoch"] for r in records.read_rows(workdir / "metrics.jsonl")] == [1, 2]
+
+
+def test_a_damaged_run_record_is_one_line_naming_it(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    (workdir / "run.json").write_text('{"format": 2, "conf')
+    assert run(evaluate.main, "--workdir", workdir) == 2
+    assert f"{workdir / 'run.json'} is damaged" in last_error_line(capsys)
+
+
+def test_a_diverged_run_ends_cleanly_with_strict_json_and_says_so(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run(train.main, *SMALL, "--epochs", "2", "--weight-decay", "1e30", "--workdir", workdir) == 0
+    out = capsys.readouterr().out
+    assert "DIVERGED in epoch" in out.strip().splitlines()[-1]
+    summary = strict_json(workdir / "summary.json")
+    assert summary["diverged"] is True
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}"))
+    swept = tmp_path / "sweep"
+    assert run(sweep.main, *SMALL, "--epochs", "1", "--lrs", "0.001,50", "--seeds", "2", "--workdir", swept) == 0
+    assert sum(m["diverged"] for m in strict_json(swept / "results.json")["members"]) == 6
+    for png in ("learning_curves.png", "validation_vs_lr.png"):
+        assert (swept / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("main, argv, fragment", [
+    (train.main, ["--seed", "-1"], "--seed"), (train.main, ["--seed", str(2 ** 32)], "32-bit"),
+    (train.main, ["--lr", "inf"], "--lr"), (train.main, ["--lr", "0"], "--lr"),
+    (train.main, ["--weight-decay", "nan"], "--weight-decay"), (train.main, ["--weight-decay", "-1"], "--weight-decay"),
+    (train.main, ["--epochs", "0"], "--epochs"), (train.main, ["--batch-size", "0"], "--batch-size"),
+    (train.main, ["--hidden", "0"], "--hidden"), (train.main, ["--train-limit", "0"], "--train-limit"),
+    (train.main, ["--test-limit", "-5"], "--test-limit"), (train.main, ["--validation-size", "x"], "--validation-size"),
+    (train.main, ["--distributed-timeout", "0"], "--distributed-timeout"),
+    (sweep.main, ["--seeds", "0"], "--seeds"), (sweep.main, ["--seed-list", "1,1"], "more than once"),
+    (sweep.main, ["--activations", "elu,elu"], "more than once"), (sweep.main, ["--lrs", "0.1,0.1"], "more than once"),
+    (sweep.main, ["--lrs", "0.1,nan"], "--lrs"), (sweep.main, ["--seed-list", "-2"], "--seed-list"),
+    (sweep.main, ["--vmap-chunk", "0"], "--vmap-chunk"),
+    (evaluate.main, ["--workdir", ".", "--errors", "0"], "--errors"),
+])
+def test_every_numeric_flag_out_of_its_domain_is_one_line_before_any_work(main, argv, fragment, tmp_path, capsys):
+    extra = [] if main is evaluate.main else ["--workdir", str(tmp_path / "w")]
+    assert run(main, *argv, *extra) == 2
+    assert fragment in last_error_line(capsys)
+    assert not (tmp_path / "w").exists()
+
+
+def test_evaluate_refuses_another_dataset_than_the_run_was_trained_on(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert run(evaluate.main, "--workdir", workdir, "--dataset", "fashion_mnist") == 2
+    assert "trained on mnist" in last_error_line(capsys)
+
+
+def test_evaluate_into_a_closed_pipe_ends_quietly(tmp_path):
+    workdir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "mnist_jax.train", *SMALL, "--epochs", "1", "--workdir", str(workdir)],
+                   env=env, check=True, capture_output=True)
+    result = subprocess.run(f"{sys.executable} -m mnist_jax.evaluate --workdir {workdir} | head -2", shell=True,
+                            env=env, capture_output=True, text=True)
+    assert len(result.stdout.splitlines()) == 2
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+def can_mount() -> bool:
+    return os.geteuid() == 0 and subprocess.run(["which", "mount"], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real 2 MB filesystem (root only), for a full disk and a read-only workdir."""
+    if not can_mount():
+        pytest.skip("mounting a tmpfs needs root")
+    point = tmp_path / "mnt"
+    point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(point)], capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_a_really_full_disk_is_one_line_and_the_last_checkpoint_survives(tmpfs, tmp_path):
+    argv = [sys.executable, "-m", "mnist_jax.train", "--model", "lenet", "--epochs", "6", "--train-limit", "2048",
+            "--test-limit", "256", "--validation-size", "500"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([*argv, "--workdir", str(tmpfs / "run")], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1].split("\r")[-1].strip()
+    assert "No space left on device" in line and "resume after epoch" in line
+    kept = sorted(int(p.name) for p in (tmpfs / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    moved = tmp_path / "moved"
+    subprocess.run(["cp", "-a", str(tmpfs / "run"), str(moved)], check=True)  # space freed: elsewhere
+    resumed = subprocess.run([*argv, "--workdir", str(moved)], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0 and f"after epoch {kept[-1]} of 6" in resumed.stdout
+
+
+def test_a_read_only_workdir_reports_a_finished_run_and_evaluate_writes_elsewhere(tmpfs, tmp_path, capsys):
+    workdir = tmpfs / "run"
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    capsys.readouterr()
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert "already holds a finished run" in capsys.readouterr().out
+    assert run(evaluate.main, "--workdir", workdir) == 2
+    assert "pass --out DIR" in last_error_line(capsys)
+    assert run(evaluate.main, "--workdir", workdir, "--out", tmp_path / "elsewhere") == 0
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", tmpfs / "new") == 2
+    assert "Read-only file system" in last_error_line(capsys)
