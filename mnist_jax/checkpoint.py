@@ -37,6 +37,12 @@ def open_manager(directory: str | os.PathLike, keep_latest: int = 3) -> ocp.Chec
     return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
+def open_partial(directory: str | os.PathLike) -> ocp.CheckpointManager:
+    """A manager for the one place inside an epoch where a run was stopped (step = that epoch)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metrics: dict) -> None:
     """Saves `state` and its JSON metadata as step `step`; `metrics` rank it for the best-kept policy.
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mnist_jax.errors import UserError
+from mnist_jax.errors import Interrupted, UserError
 
 
 def _whole_number(text: str, minimum: int, what: str) -> int:
@@ -253,6 +253,9 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         print(f"error: {where}{e.strerror or e}: free space, or fix the folder's permissions or path, and run the "
               "same command again", file=sys.stderr)
         code = 2
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        code = 130
     except KeyboardInterrupt:
         print("interrupted: training resumes from its last completed epoch when the same command is run again",
               file=sys.stderr)

@@ -169,9 +169,11 @@ def epoch_order(config: Config, state: TrainState) -> jax.Array:
     return jax.random.permutation(key, config.train_size)[:used].reshape(config.steps_per_epoch, config.batch_size)
 
 
-def train_epoch(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array,
-                batch_sharding: jax.sharding.Sharding | None = None):
-    """One epoch as a `lax.scan` over its steps; returns the new state and the epoch's (as trained) loss and accuracy.
+def train_steps(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array,
+                first: jax.Array, steps: int, batch_sharding: jax.sharding.Sharding | None = None):
+    """`steps` consecutive steps (a `lax.scan`) of the epoch after `state.epoch`, from its step `first`: a piece of
+    an epoch, so that the host can stop, save or report between pieces. Returns the state (its epoch count not yet
+    advanced) and the pieces' summed batch loss and number of correct predictions.
 
     With `batch_sharding` each batch is split over the devices of a data-parallel mesh (parameters replicated, so
     XLA sums the gradients across devices); without it nothing is annotated and one device runs it all.
@@ -184,9 +186,23 @@ def train_epoch(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Ar
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         return train_step(config, state, hyper, *batch)
 
-    state, (losses, correct) = jax.lax.scan(step, state, epoch_order(config, state))
-    metrics = {"loss": jnp.mean(losses), "accuracy": jnp.sum(correct) / (config.steps_per_epoch * config.batch_size)}
-    return state.replace(epoch=state.epoch + 1), metrics
+    order = jax.lax.dynamic_slice_in_dim(epoch_order(config, state), first, steps)
+    state, (losses, correct) = jax.lax.scan(step, state, order)
+    return state, {"loss_sum": jnp.sum(losses), "correct": jnp.sum(correct)}
+
+
+def train_epoch(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array,
+                batch_sharding: jax.sharding.Sharding | None = None):
+    """One whole epoch in one program; returns the new state and the epoch's (as trained) loss and accuracy."""
+    state, sums = train_steps(config, state, hyper, x_train, y_train, 0, config.steps_per_epoch, batch_sharding)
+    return end_epoch(config, state, sums)
+
+
+def end_epoch(config: Config, state: TrainState, sums: dict):
+    """The epoch count advanced, and the epoch's mean batch loss and accuracy from its summed pieces."""
+    n = config.steps_per_epoch
+    return state.replace(epoch=state.epoch + 1), {"loss": sums["loss_sum"] / n,
+                                                  "accuracy": sums["correct"] / (n * config.batch_size)}
 
 
 def predict_logits(config: Config, params, hyper: Hyper, images: jax.Array) -> jax.Array:

@@ -1,39 +1,92 @@
-"""The host loop shared by train and sweep: resume, compile, run epochs, log, checkpoint. All I/O lives here."""
+"""The host loop shared by train and sweep: resume, compile, run epochs in pieces, log, checkpoint. All I/O is here.
+
+An epoch runs as a few compiled pieces of consecutive steps (its batch order is derived from seed and epoch, so a
+piece boundary is a clean place to stop). Ctrl-C or SIGTERM takes effect at the next boundary: the state there is
+saved, and the same command resumes from that step, ending bit-identical to a run that was never stopped.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 from mnist_jax import checkpoint, distributed, metrics, records
-from mnist_jax.errors import UserError
+from mnist_jax.errors import Interrupted, UserError
 from mnist_jax.workdir import read_metrics
+
+PIECES_PER_EPOCH = 10  # at least; a sweep of many members cuts its epochs finer (see pieces)
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
     """What `fit` trains: one model, or a sweep's stacked members.
 
-    `epoch(state, *epoch_args) -> (state, train metrics)` is jitted by `fit`; the data travel in `epoch_args` rather
-    than inside the program. `evaluate(state)` returns {split: {metric: value}} for the held-out splits. `label`
-    names the progress bar and `describe(row)` is the line printed after each epoch.
+    `steps(state, *epoch_args, first, steps=n) -> (state, {"loss_sum", "correct"})` runs `n` steps of the epoch after
+    `state.epoch` from its step `first` (jitted by `fit`, once per piece length); the data travel in `epoch_args`
+    rather than inside the program. `evaluate(state)` returns {split: {metric: value}} for the held-out splits.
+    `label` names the progress bar and `describe(row)` is the line printed after each epoch.
     """
 
     init: Callable[[], Any]
     abstract: Any
-    epoch: Callable
+    steps: Callable
     epoch_args: tuple
+    steps_per_epoch: int
+    batch_size: int
     evaluate: Callable[[Any], dict]
-    images_per_epoch: int
     label: str
     describe: Callable[[dict], str]
     members: Sequence[dict] | None = None
+
+
+def pieces(steps: int, members: int = 1) -> list[tuple[int, int]]:
+    """(first step, length) of each piece of an epoch: about PIECES_PER_EPOCH of them, more for a sweep of many
+    members (one per 8 members more), of at most two lengths so that at most two programs are compiled."""
+    wanted = min(steps, PIECES_PER_EPOCH * max(1, math.ceil(members / 8)))
+    length = math.ceil(steps / wanted)
+    return [(first, min(length, steps - first)) for first in range(0, steps, length)]
+
+
+class _StopRequests:
+    """Ctrl-C and SIGTERM become a request to stop at the next piece boundary; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._request)
+        return self
+
+    def _request(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self) -> bool:
+        """Whether to stop, agreed by every process (process 0's word counts)."""
+        if jax.process_count() == 1:
+            return self.signal is not None
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.broadcast_one_to_all(np.int32(self.signal is not None)))
 
 
 def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dict], bool]:
@@ -44,52 +97,106 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
     """
     primary = distributed.is_primary()
     manager = checkpoint.open_manager(workdir / "checkpoints")
+    partial = checkpoint.open_partial(workdir / "interrupted")
     try:
         start = manager.latest_step() or 0
         if start:
             state, _ = checkpoint.restore(manager, start, run.abstract)
-            print(f"resuming {workdir} after epoch {start} of {epochs}")
         else:
             state = run.init()
         metrics_path = workdir / "metrics.jsonl"
         rows = read_metrics(metrics_path, start) if primary else []
-        if primary and start < epochs:  # drops damaged rows and those of epochs whose checkpoint was lost
-            records.write_rows(metrics_path, rows)
         if start >= epochs:
             return state, rows, True
+        if primary:  # drops damaged rows and those of epochs whose checkpoint was lost
+            records.write_rows(metrics_path, rows)
+        resumed = None
+        if partial.latest_step() == start + 1:
+            state, resumed = checkpoint.restore(partial, start + 1, run.abstract)
+            print(f"resuming {workdir} in epoch {start + 1} after step {resumed['next_step']} of "
+                  f"{run.steps_per_epoch}")
+        elif start:
+            print(f"resuming {workdir} after epoch {start} of {epochs}")
 
+        plan = pieces(run.steps_per_epoch, len(run.members or [None]))
         compile_started = time.time()
-        compiled = jax.jit(run.epoch).lower(state, *run.epoch_args).compile()
+        first = np.int32(0)
+        programs = {length: jax.jit(functools.partial(run.steps, steps=length)).lower(
+            state, *run.epoch_args, first).compile() for length in sorted({n for _, n in plan})}
         compile_seconds = time.time() - compile_started
-        print(f"compiled the epoch program in {compile_seconds:.1f} s on {jax.default_backend()}")
+        print(f"compiled the epoch's {len(plan)} pieces in {compile_seconds:.1f} s on {jax.default_backend()}")
 
-        bar = tqdm(range(start, epochs), initial=start, total=epochs, unit="epoch", desc=run.label, file=sys.stderr,
-                   dynamic_ncols=True, disable=not primary)
-        for epoch in range(start + 1, epochs + 1):
-            epoch_started = time.time()
-            state, train_metrics = compiled(state, *run.epoch_args)
-            jax.block_until_ready(state)
-            seconds = time.time() - epoch_started + (compile_seconds if epoch == 1 else 0.0)
-            by_split, diverged = distributed.to_host(({"train": train_metrics, **run.evaluate(state)}, state.diverged))
-            row = metrics.make_row(epoch, by_split, diverged, seconds, run.images_per_epoch, run.members)
-            rows.append(row)
-            metric, score = metrics.selection_score(row)
-            try:
-                if primary:
-                    records.append_row(metrics_path, row)
-                checkpoint.save(manager, epoch, state, {**meta, "epoch": epoch, "selected_by": {metric: score}},
-                                {checkpoint.BEST_METRIC: score})
-            except Exception as e:  # Orbax reports a full disk as ValueError, files as OSError
-                bar.leave = False
-                bar.close()
-                checkpoint.discard_partial(manager, epoch)
-                raise UserError(f"could not save epoch {epoch} in {workdir} ({records.os_reason(e)}): free space or "
-                                f"make it writable, then run the same command to resume after epoch {epoch - 1}") \
-                    from None
-            bar.update()
-            bar.write(run.describe(row))
+        bar = tqdm(total=epochs * run.steps_per_epoch, initial=start * run.steps_per_epoch, unit="step",
+                   desc=run.label, file=sys.stderr, dynamic_ncols=True, disable=not primary)
+        with _StopRequests() as stop:
+            for epoch in range(start + 1, epochs + 1):
+                epoch_started = time.time()
+                sums, done = {"loss_sum": 0.0, "correct": 0.0}, 0
+                if resumed is not None:
+                    sums = {k: np.asarray(resumed[k], np.float64) for k in sums}
+                    done, resumed = resumed["next_step"], None
+                    bar.update(done)
+                for first, length in plan:
+                    if first < done:
+                        continue
+                    state, piece = programs[length](state, *run.epoch_args, np.int32(first))
+                    piece = distributed.to_host(piece)
+                    sums = {k: sums[k] + np.asarray(piece[k], np.float64) for k in sums}
+                    bar.update(length)
+                    if first + length < run.steps_per_epoch and stop.requested():
+                        _save_partial(partial, epoch, state, sums, first + length, bar)
+                        raise Interrupted(f"interrupted in epoch {epoch} after step {first + length} of "
+                                          f"{run.steps_per_epoch}, which is saved: run the same command to resume "
+                                          "from there")
+                state = state.replace(epoch=state.epoch + 1)
+                jax.block_until_ready(state)
+                seconds = time.time() - epoch_started + (compile_seconds if epoch == 1 else 0.0)
+                train = {"loss": sums["loss_sum"] / run.steps_per_epoch,
+                         "accuracy": sums["correct"] / (run.steps_per_epoch * run.batch_size)}
+                by_split, diverged = distributed.to_host(({**run.evaluate(state)}, state.diverged))
+                row = metrics.make_row(epoch, {"train": train, **by_split}, diverged, seconds,
+                                       run.steps_per_epoch * run.batch_size * len(run.members or [None]),
+                                       run.members)
+                rows.append(row)
+                _save_epoch(manager, workdir, metrics_path, epoch, state, row, meta, primary, bar)
+                partial.delete(epoch) if epoch in partial.all_steps() else None
+                bar.write(run.describe(row))
+                if epoch < epochs and stop.requested():
+                    bar.close()
+                    raise Interrupted(f"interrupted after epoch {epoch}, which is saved: run the same command to "
+                                      "resume")
         bar.close()
         manager.wait_until_finished()
     finally:
         manager.close()
+        partial.close()
     return state, rows, False
+
+
+def _save_epoch(manager, workdir: Path, metrics_path: Path, epoch: int, state, row: dict, meta: dict, primary: bool,
+                bar) -> None:
+    metric, score = metrics.selection_score(row)
+    try:
+        if primary:
+            records.append_row(metrics_path, row)
+        checkpoint.save(manager, epoch, state, {**meta, "epoch": epoch, "selected_by": {metric: score}},
+                        {checkpoint.BEST_METRIC: score})
+    except Exception as e:  # Orbax reports a full disk as ValueError, files as OSError
+        bar.leave = False
+        bar.close()
+        checkpoint.discard_partial(manager, epoch)
+        raise UserError(f"could not save epoch {epoch} in {workdir} ({records.os_reason(e)}): free space or make it "
+                        f"writable, then run the same command to resume after epoch {epoch - 1}") from None
+
+
+def _save_partial(partial, epoch: int, state, sums: dict, next_step: int, bar) -> None:
+    bar.leave = False
+    bar.close()
+    try:
+        checkpoint.save(partial, epoch, state, {"epoch": epoch, "next_step": next_step,
+                                                **{k: np.asarray(v).tolist() for k, v in sums.items()}}, {})
+        partial.wait_until_finished()
+    except Exception as e:
+        checkpoint.discard_partial(partial, epoch)
+        raise UserError(f"interrupted, but could not save the place in epoch {epoch} ({records.os_reason(e)}): the "
+                        f"same command resumes after epoch {epoch - 1}") from None

@@ -147,37 +147,54 @@ def default_vmap_chunk() -> int | None:
     return 1 if jax.default_backend() == "cpu" else None
 
 
-def sweep_epoch(config, shared_order: bool, vmap_chunk: int | None, mesh):
-    """`engine.train_epoch` over stacked members: (state, hyper, x, y) -> (state, metrics).
+def sweep_steps(config, shared_order: bool, vmap_chunk: int | None, mesh):
+    """`engine.train_steps` over stacked members: (state, hyper, x, y, first, steps) -> (state, per-member sums).
 
     Each device takes its share of the members (`shard_map` over the member axis of `mesh`). There, `vmap_chunk`
-    members at a time are trained side by side by a `vmap` of the epoch, and the chunks one after another by a
-    `lax.map`; `None` (or at least the device's share) vmaps them all. With a shared order and a full vmap the data
-    key and epoch are taken out of the vmap, so the batch gather, conv1's input windows and conv1's weight gradient
-    are computed once for all members (one wide matmul) instead of once per member.
+    members at a time are trained side by side by a `vmap`, and the chunks one after another by a `lax.map`;
+    `None` (or at least the device's share) vmaps them all. With a shared order and a full vmap the data key and
+    epoch are taken out of the vmap, so the batch gather, conv1's input windows and conv1's weight gradient are
+    computed once for all members (one wide matmul) instead of once per member.
     """
     import jax
     from jax.sharding import PartitionSpec
 
     from mnist_jax import engine
 
-    def local(state, hyper, x, y):
+    def local(state, hyper, x, y, first, steps):
+        member_steps = functools.partial(engine.train_steps, config, x_train=x, y_train=y, first=first, steps=steps)
         n = state.epoch.shape[0]
         if vmap_chunk is not None and vmap_chunk < n:
-            member_epoch = lambda sh: engine.train_epoch(config, *sh, x, y)  # noqa: E731
             # batch_size=1 would still vmap each member (over an axis of 1), which XLA:CPU runs slower
-            return jax.lax.map(member_epoch, (state, hyper), batch_size=vmap_chunk if vmap_chunk > 1 else None)
+            return jax.lax.map(lambda sh: member_steps(*sh), (state, hyper),
+                               batch_size=vmap_chunk if vmap_chunk > 1 else None)
         if shared_order:
             key, epoch = state.data_key[0], state.epoch[0]
-            member = lambda s, h: engine.train_epoch(config, s.replace(data_key=key, epoch=epoch), h, x, y)  # noqa: E731
-            return jax.vmap(member)(state, hyper)
-        return jax.vmap(functools.partial(engine.train_epoch, config), in_axes=(0, 0, None, None))(state, hyper, x, y)
+            return jax.vmap(lambda s, h: member_steps(s.replace(data_key=key, epoch=epoch), h))(state, hyper)
+        return jax.vmap(member_steps)(state, hyper)
 
     if mesh.size == 1:
         return local
     members, replicated = PartitionSpec(MEMBER_AXIS), PartitionSpec()
-    return jax.shard_map(local, mesh=mesh, in_specs=(members, members, replicated, replicated),
-                         out_specs=(members, members))
+
+    def sharded(state, hyper, x, y, first, steps):
+        return jax.shard_map(functools.partial(local, steps=steps), mesh=mesh,
+                             in_specs=(members, members, replicated, replicated, replicated),
+                             out_specs=(members, members))(state, hyper, x, y, first)
+
+    return sharded
+
+
+def sweep_epoch(config, shared_order: bool, vmap_chunk: int | None, mesh):
+    """A whole epoch of every member in one program: (state, hyper, x, y) -> (state, per-member metrics)."""
+    from mnist_jax import engine
+
+    steps = sweep_steps(config, shared_order, vmap_chunk, mesh)
+
+    def epoch(state, hyper, x, y):
+        return engine.end_epoch(config, *steps(state, hyper, x, y, 0, config.steps_per_epoch))
+
+    return epoch
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -228,9 +245,9 @@ def run_sweep(args, held: contextlib.ExitStack) -> int:
                    out_shardings=members_sharding)
     run = Run(init=lambda: init(hyper),
               abstract=checkpoint.with_sharding(jax.eval_shape(init, hyper), members_sharding),
-              epoch=sweep_epoch(config, args.shared_order, chunk, mesh), epoch_args=(hyper, *data["train"]),
+              steps=sweep_steps(config, args.shared_order, chunk, mesh), epoch_args=(hyper, *data["train"]),
+              steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size,
               evaluate=lambda state: evaluate(state.params, hyper, held_out),
-              images_per_epoch=len(members) * config.steps_per_epoch * config.batch_size,
               label=f"sweep {args.model} x{len(members)}",
               describe=lambda row: describe_row(row, config.epochs),
               members=[dataclasses.asdict(m) for m in members])

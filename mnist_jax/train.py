@@ -75,10 +75,9 @@ def train(args, held: contextlib.ExitStack) -> int:
 
     run = Run(init=lambda: jax.jit(engine.init_member, static_argnums=0, out_shardings=replicated)(config, hyper),
               abstract=abstract_member(config, hyper, replicated),
-              epoch=functools.partial(engine.train_epoch, config, batch_sharding=batch_sharding),
-              epoch_args=(hyper, *splits["train"]),
-              evaluate=lambda state: evaluate(config, state.params, hyper, held_out),
-              images_per_epoch=config.steps_per_epoch * config.batch_size,
+              steps=functools.partial(engine.train_steps, config, batch_sharding=batch_sharding),
+              epoch_args=(hyper, *splits["train"]), steps_per_epoch=config.steps_per_epoch,
+              batch_size=config.batch_size, evaluate=lambda state: evaluate(config, state.params, hyper, held_out),
               label=f"{args.model}/{args.activation}", describe=lambda row: metrics.describe(row, config.epochs))
     state, rows, finished_before = fit(workdir, run, config.epochs, meta={"run": description})
     if finished_before:

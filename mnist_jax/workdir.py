@@ -102,7 +102,7 @@ def _take(lock, workdir: Path) -> UserError | None:
 
 
 # Everything a run writes into its workdir, and so everything --fresh may delete (nothing else, ever).
-RUN_OUTPUTS = ("run.json", "metrics.jsonl", "summary.json", "checkpoints", "evaluation", "results.json",
+RUN_OUTPUTS = ("run.json", "metrics.jsonl", "summary.json", "checkpoints", "interrupted", "evaluation", "results.json",
                "results.md", "learning_curves.png", "validation_vs_lr.png", "curves.png", "tb")
 
 

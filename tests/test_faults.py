@@ -4,14 +4,17 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import chex
 import pytest
 
 from mnist_jax import checkpoint, cli, evaluate, records, sweep, train
-from mnist_jax.workdir import hold
+from mnist_jax.workdir import hold, load_sweep_member
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "1024", "--test-limit", "256",
@@ -222,3 +225,32 @@ def test_a_read_only_workdir_reports_a_finished_run_and_evaluate_writes_elsewher
     assert run(evaluate.main, "--workdir", workdir, "--out", tmp_path / "elsewhere") == 0
     assert run(train.main, *SMALL, "--epochs", "1", "--workdir", tmpfs / "new") == 2
     assert "Read-only file system" in last_error_line(capsys)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_epoch_stops_within_seconds_and_the_same_command_resumes_to_the_bit(stop, tmp_path):
+    argv = [sys.executable, "-m", "mnist_jax.sweep", "--model", "lenet", "--activations", "elu,relu", "--seeds", "1",
+            "--epochs", "2", "--train-limit", "16384", "--test-limit", "500", "--validation-size", "500"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "out.txt"
+    with open(out, "w") as stdout:
+        process = subprocess.Popen([*argv, "--workdir", str(tmp_path / "stopped")], env=env, stdout=stdout,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while "compiled" not in out.read_text():
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.05)
+        time.sleep(1.0)
+        sent = time.time()
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=60)
+    assert time.time() - sent < 5 and process.returncode == 130
+    assert "interrupted" in err and "run the same command to resume" in err and "Traceback" not in err
+    resumed = subprocess.run([*argv, "--workdir", str(tmp_path / "stopped")], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout
+    subprocess.run([*argv, "--workdir", str(tmp_path / "straight")], env=env, check=True, capture_output=True)
+    for member in ("elu,0", "relu,0"):
+        chex.assert_trees_all_equal(load_sweep_member(tmp_path / "straight", member)[2],
+                                    load_sweep_member(tmp_path / "stopped", member)[2])
+    assert [r["members"] for r in records.read_rows(tmp_path / "straight" / "metrics.jsonl")] == \
+        [r["members"] for r in records.read_rows(tmp_path / "stopped" / "metrics.jsonl")]
