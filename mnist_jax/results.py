@@ -88,18 +88,24 @@ def select(summary: list[dict]) -> list[dict]:
     return selection
 
 
-def paired_differences(members: list[dict], lr_of: dict[str, float]) -> list[dict]:
-    """Each pair of activations, each at its lr in `lr_of`: the mean difference of final test accuracy over the
-    seeds both have, with a 95% t interval. Diverged members count as they ended."""
+# What the activations are compared on: the final test accuracy, and (measured on validation) how soon they converge.
+COMPARED = {"test_accuracy": "final test accuracy", "epoch_to_98": "epochs to 98% validation accuracy",
+            "epoch_to_99": "epochs to 99% validation accuracy"}
+
+
+def paired_differences(members: list[dict], lr_of: dict[str, float], metric: str = "test_accuracy") -> list[dict]:
+    """Each pair of activations, each at its lr in `lr_of`: the mean difference of `metric` over the seeds both
+    have (for epochs to a threshold, the seeds where both reached it), with a 95% t interval. Diverged members count
+    as they ended."""
     from scipy import stats
 
     by_key = {(m["activation"], m["lr"], m["seed"]): m for m in members}
     out = []
     for a, b in itertools.combinations(lr_of, 2):
-        seeds = [s for (act, lr, s) in by_key if act == a and lr == lr_of[a] and (b, lr_of[b], s) in by_key]
-        d = np.array([by_key[(a, lr_of[a], s)]["test_accuracy"] - by_key[(b, lr_of[b], s)]["test_accuracy"]
-                      for s in seeds])
-        entry = {"a": a, "lr_a": lr_of[a], "b": b, "lr_b": lr_of[b], "n": len(d),
+        pairs = [(by_key[(a, lr_of[a], s)][metric], by_key[(b, lr_of[b], s)][metric])
+                 for (act, lr, s) in by_key if act == a and lr == lr_of[a] and (b, lr_of[b], s) in by_key]
+        d = np.array([x - y for x, y in pairs if x is not None and y is not None], dtype=float)
+        entry = {"metric": metric, "a": a, "lr_a": lr_of[a], "b": b, "lr_b": lr_of[b], "n": len(d),
                  "mean_difference": float(d.mean()) if len(d) else None, "ci95_low": None, "ci95_high": None}
         if len(d) > 1:
             half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
@@ -109,9 +115,11 @@ def paired_differences(members: list[dict], lr_of: dict[str, float]) -> list[dic
 
 
 def comparisons(members: list[dict], selection: list[dict]) -> list[dict]:
-    """Paired differences at the selected lrs; without a selection, at each lr the activations share."""
+    """Paired differences at the selected lrs (test accuracy and epochs to each threshold); without a selection, of
+    test accuracy at each lr the activations share."""
     if selection:
-        return paired_differences(members, {s["activation"]: s["lr"] for s in selection})
+        lr_of = {s["activation"]: s["lr"] for s in selection}
+        return [p for metric in COMPARED for p in paired_differences(members, lr_of, metric)]
     activations = list(dict.fromkeys(m["activation"] for m in members))
     return [p for lr in dict.fromkeys(m["lr"] for m in members)
             for p in paired_differences(members, {a: lr for a in activations})]
@@ -120,11 +128,16 @@ def comparisons(members: list[dict], selection: list[dict]) -> list[dict]:
 def _verdict(p: dict) -> str:
     if p["ci95_low"] is None:
         return "too few seeds to tell"
+    sooner = p["metric"].startswith("epoch_to")  # fewer epochs is better
     if p["ci95_low"] > 0:
-        return f"{p['a']} better"
+        return f"{p['b']} sooner" if sooner else f"{p['a']} better"
     if p["ci95_high"] < 0:
-        return f"{p['b']} better"
+        return f"{p['a']} sooner" if sooner else f"{p['b']} better"
     return "not distinguishable from seed noise"
+
+
+def _amount(value: float, metric: str) -> str:
+    return f"{value:+.2f} epochs" if metric.startswith("epoch_to") else f"{value * 100:+.3f} pts"
 
 
 def _grid(summary: list[dict], metric: str, selected: set[tuple]) -> list[str]:
@@ -162,19 +175,20 @@ def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], memb
             lines.append(f"| {s['activation']} | {s['lr']:g} | {s['n']} | {s['mean_val_accuracy']:.2%} | "
                          f"{s['mean_test_accuracy']:.2%} ± {s['std_test_accuracy']:.2%} | {_reach(s, 0.98)} | "
                          f"{_reach(s, 0.99)} | {s['mean_train_loss']:.4f} | {s['n_diverged']} |")
-        lines += ["", "Paired differences of final test accuracy, each activation at its selected learning rate "
-                  "(same seeds), with 95% t confidence intervals:", ""]
+        lines += ["", "Paired differences, each activation at its selected learning rate (same seeds; for epochs, "
+                  "the seeds where both reached the threshold), with 95% t confidence intervals:", ""]
     else:
         lines = ["No validation split: nothing is selected. Final test accuracy, mean ± std over "
                  f"{n_seeds} seeds:", "", *_grid(summary, "test_accuracy", set()), "",
                  "Paired differences of final test accuracy at each learning rate (same seeds), with 95% t "
                  "confidence intervals:", ""]
-    lines += ["| a − b | n | mean difference | 95% CI | verdict |", "| --- | --- | --- | --- | --- |"]
+    lines += ["| compared | a − b | n | mean difference | 95% CI | verdict |", "| --- | --- | --- | --- | --- | --- |"]
     for p in pairs:
-        mean = "–" if p["mean_difference"] is None else f"{p['mean_difference'] * 100:+.3f} pts"
-        ci = "–" if p["ci95_low"] is None else f"[{p['ci95_low'] * 100:+.3f}, {p['ci95_high'] * 100:+.3f}] pts"
-        lines.append(f"| {p['a']} (lr {p['lr_a']:g}) − {p['b']} (lr {p['lr_b']:g}) | {p['n']} | {mean} | {ci} | "
-                     f"{_verdict(p)} |")
+        mean = "–" if p["mean_difference"] is None else _amount(p["mean_difference"], p["metric"])
+        ci = "–" if p["ci95_low"] is None else \
+            f"[{_amount(p['ci95_low'], p['metric'])}, {_amount(p['ci95_high'], p['metric'])}]"
+        lines.append(f"| {COMPARED[p['metric']]} | {p['a']} (lr {p['lr_a']:g}) − {p['b']} (lr {p['lr_b']:g}) | "
+                     f"{p['n']} | {mean} | {ci} | {_verdict(p)} |")
     diverged = [m for m in members if m["diverged"]]
     if diverged:
         lines += ["", "Diverged (counted with the accuracy of their frozen parameters): " + ", ".join(
@@ -253,7 +267,8 @@ def write_results(workdir: Path, rows: list[dict], environment: dict) -> str:
     pairs = comparisons(members, selection)
     records.write_json(workdir / "results.json", {
         "members": members, "summary": summary, "selection": selection, "paired_differences": pairs,
-        "epochs": rows[-1]["epoch"], "environment": environment})
+        "epochs": rows[-1]["epoch"], "train_seconds": round(sum(row["epoch_seconds"] for row in rows), 1),
+        "environment": environment})
     text = markdown(summary, selection, pairs, members)
     records.write_text(workdir / "results.md", text)
     plot(workdir, rows, selection)
