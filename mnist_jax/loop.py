@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -53,9 +54,9 @@ class Run:
 
 
 def pieces(steps: int) -> list[tuple[int, int]]:
-    """(first step, length) of each piece of an epoch: about PIECES_PER_EPOCH of them, of at most two lengths, so
-    that at most two programs are compiled."""
-    length = math.ceil(steps / min(steps, PIECES_PER_EPOCH))
+    """(first step, length) of each piece of an epoch: at least PIECES_PER_EPOCH of them (fewer only for an epoch
+    of fewer steps), of at most two lengths, so that at most two programs are compiled."""
+    length = max(1, steps // PIECES_PER_EPOCH)
     return [(first, min(length, steps - first)) for first in range(0, steps, length)]
 
 
@@ -98,7 +99,7 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
     """
     primary = distributed.is_primary()
     manager = checkpoint.open_manager(workdir / "checkpoints")
-    partial = checkpoint.open_partial(workdir / "interrupted")
+    stopped_at = workdir / "interrupted"  # the place inside an epoch where a run was stopped, if it was
     try:
         start = manager.latest_step() or 0
         if start:
@@ -112,8 +113,14 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
         if primary:  # drops damaged rows and those of epochs whose checkpoint was lost
             records.write_rows(metrics_path, rows)
         resumed = None
-        if partial.latest_step() == start + 1:
-            state, resumed = checkpoint.restore(partial, start + 1, run.abstract)
+        if stopped_at.exists():
+            partial = checkpoint.open_partial(stopped_at)
+            try:
+                if partial.latest_step() == start + 1:
+                    state, resumed = checkpoint.restore(partial, start + 1, run.abstract)
+            finally:
+                partial.close()
+        if resumed is not None:
             print(f"resuming {workdir} in epoch {start + 1} after step {resumed['next_step']} of "
                   f"{run.steps_per_epoch}")
         elif start:
@@ -127,8 +134,10 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
         compile_seconds = time.time() - compile_started
         print(f"compiled the epoch's {len(plan)} pieces in {compile_seconds:.1f} s on {jax.default_backend()}")
 
+        # Redirected to a file, stderr gets one plain line per piece instead of the bar's carriage returns.
+        plain = primary and not sys.stderr.isatty()
         bar = tqdm(total=epochs * run.steps_per_epoch, initial=start * run.steps_per_epoch, unit="step",
-                   desc=run.label, file=sys.stderr, dynamic_ncols=True, disable=not primary)
+                   desc=run.label, file=sys.stderr, dynamic_ncols=True, disable=not primary or plain)
         with _StopRequests() as stop:
             for epoch in range(start + 1, epochs + 1):
                 epoch_started = time.time()
@@ -144,8 +153,12 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
                     piece = distributed.to_host(piece)
                     sums = {k: sums[k] + np.asarray(piece[k], np.float64) for k in sums}
                     bar.update(length)
+                    if plain:
+                        done_all = (epoch - 1) * run.steps_per_epoch + first + length
+                        print(f"{run.label}: epoch {epoch}, step {first + length}/{run.steps_per_epoch} "
+                              f"({done_all}/{epochs * run.steps_per_epoch} in all)", file=sys.stderr, flush=True)
                     if first + length < run.steps_per_epoch and stop.requested():
-                        _save_partial(partial, epoch, state, sums, first + length, bar)
+                        _save_partial(stopped_at, epoch, state, sums, first + length, bar)
                         raise Interrupted(f"interrupted in epoch {epoch} after step {first + length} of "
                                           f"{run.steps_per_epoch}, which is saved: run the same command to resume "
                                           "from there")
@@ -160,7 +173,8 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
                                        run.members)
                 rows.append(row)
                 _save_epoch(manager, workdir, metrics_path, epoch, state, row, meta, primary, bar)
-                partial.delete(epoch) if epoch in partial.all_steps() else None
+                if primary and stopped_at.exists():  # that epoch is whole now
+                    shutil.rmtree(stopped_at, ignore_errors=True)
                 bar.write(run.describe(row))
                 if epoch < epochs and stop.requested():
                     bar.close()
@@ -170,7 +184,6 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
         manager.wait_until_finished()
     finally:
         manager.close()
-        partial.close()
     return state, rows, False
 
 
@@ -190,9 +203,10 @@ def _save_epoch(manager, workdir: Path, metrics_path: Path, epoch: int, state, r
                         f"writable, then run the same command to resume after epoch {epoch - 1}") from None
 
 
-def _save_partial(partial, epoch: int, state, sums: dict, next_step: int, bar) -> None:
+def _save_partial(directory: Path, epoch: int, state, sums: dict, next_step: int, bar) -> None:
     bar.leave = False
     bar.close()
+    partial = checkpoint.open_partial(directory)
     try:
         checkpoint.save(partial, epoch, state, {"epoch": epoch, "next_step": next_step,
                                                 **{k: np.asarray(v).tolist() for k, v in sums.items()}}, {})
@@ -201,3 +215,5 @@ def _save_partial(partial, epoch: int, state, sums: dict, next_step: int, bar) -
         checkpoint.discard_partial(partial, epoch)
         raise UserError(f"interrupted, but could not save the place in epoch {epoch} ({records.os_reason(e)}): the "
                         f"same command resumes after epoch {epoch - 1}") from None
+    finally:
+        partial.close()

@@ -212,6 +212,30 @@ def _band(ax, x, values: np.ndarray, label: str) -> None:
     ax.fill_between(x, np.nanmin(values, axis=-1), np.nanmax(values, axis=-1), alpha=0.2)
 
 
+def plot_run(workdir: Path, rows: list[dict]) -> Path:
+    """curves.png of a single run: loss (log axis) and accuracy against epoch, for train, validation and test."""
+    from mnist_jax.metrics import SPLITS
+
+    plt = pyplot()
+    epochs = [row["epoch"] for row in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for split in SPLITS:
+            if f"{split}_{metric}" in rows[0]:
+                ax.plot(epochs, np.array([row[f"{split}_{metric}"] for row in rows], dtype=float),
+                        marker="o" if len(epochs) < 20 else None, label=split)
+        ax.set(xlabel="epoch", ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
+    fig.suptitle(f"{workdir.name}: train (as trained, over the epoch's batches), validation and test", fontsize=10)
+    fig.tight_layout()
+    path = workdir / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(workdir: Path, rows: list[dict], selection: list[dict] | None = None) -> list[Path]:
     """learning_curves.png (validation or, without it, test accuracy and train loss against epoch, at the selected
     lrs or else at every lr) and validation_vs_lr.png (final validation accuracy against lr, log axis)."""

@@ -49,7 +49,7 @@ def train(args, held: contextlib.ExitStack) -> int:
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from mnist_jax import engine, metrics, records
+    from mnist_jax import engine, metrics, records, results
     from mnist_jax.loop import Run, fit
     from mnist_jax.report import environment
     from mnist_jax.workdir import abstract_member, hold, prepare_workdir, recipe, run_description
@@ -99,6 +99,7 @@ def train(args, held: contextlib.ExitStack) -> int:
                **environment()}
     if distributed.is_primary():
         records.write_json(workdir / "summary.json", summary)
+        results.plot_run(workdir, rows)
     print(f"final test accuracy {final['test_accuracy']:.2%} (test loss {metrics.loss_text(final['test_loss'])}) after "
           f"{config.epochs} epochs; {summary['wall_seconds']:.1f} s; results in {workdir}")
     if final["diverged"]:

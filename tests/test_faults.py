@@ -254,3 +254,11 @@ def test_a_signal_mid_epoch_stops_within_seconds_and_the_same_command_resumes_to
                                     load_sweep_member(tmp_path / "stopped", member)[2])
     assert [r["members"] for r in records.read_rows(tmp_path / "straight" / "metrics.jsonl")] == \
         [r["members"] for r in records.read_rows(tmp_path / "stopped" / "metrics.jsonl")]
+
+
+def test_progress_moves_inside_the_epoch_as_plain_lines_when_stderr_is_a_file(tmp_path, capsys):
+    assert run(sweep.main, *SMALL, "--seeds", "5", "--epochs", "1", "--workdir", tmp_path / "sweep") == 0
+    err = capsys.readouterr().err
+    positions = {line.split("step ")[1].split(" ")[0] for line in err.splitlines() if "epoch 1, step" in line}
+    assert len(positions) >= 10 and "16/16" in positions  # 1024 images in batches of 64
+    assert "\r" not in err

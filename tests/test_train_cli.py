@@ -56,6 +56,7 @@ def test_main_job_writes_metrics_summary_and_checkpoints(tmp_path, capsys):
         "warmup-cosine"
     assert summary["versions"]["jax"] == jax.__version__
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2]
+    assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_finished_run_started_again_says_so(tmp_path, capsys):
