@@ -132,12 +132,14 @@ def measure_pieces(x, y, epochs: int) -> dict:
     state = engine.init_member(config, hyper)
     whole = jax.jit(functools.partial(engine.train_epoch, config)).lower(state, hyper, x, y).compile()
     plan = pieces(config.steps_per_epoch)
+    order = jax.jit(functools.partial(engine.epoch_order, config))
     programs = {n: jax.jit(functools.partial(engine.train_steps, config, steps=n)).lower(
-        state, hyper, x, y, np.int32(0)).compile() for n in {n for _, n in plan}}
+        state, hyper, x, y, order(state), np.int32(0)).compile() for n in {n for _, n in plan}}
 
     def in_pieces(state, hyper, x, y):
+        orders = order(state)
         for first, n in plan:
-            state, sums = programs[n](state, hyper, x, y, np.int32(first))
+            state, sums = programs[n](state, hyper, x, y, orders, np.int32(first))
             distributed.to_host(sums)
         return state.replace(epoch=state.epoch + 1), None
 

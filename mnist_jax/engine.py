@@ -170,10 +170,12 @@ def epoch_order(config: Config, state: TrainState) -> jax.Array:
 
 
 def train_steps(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array,
-                first: jax.Array, steps: int, batch_sharding: jax.sharding.Sharding | None = None):
+                order: jax.Array, first: jax.Array, steps: int,
+                batch_sharding: jax.sharding.Sharding | None = None):
     """`steps` consecutive steps (a `lax.scan`) of the epoch after `state.epoch`, from its step `first`: a piece of
-    an epoch, so that the host can stop, save or report between pieces. Returns the state (its epoch count not yet
-    advanced) and the pieces' summed batch loss and number of correct predictions.
+    an epoch, so that the host can stop, save or report between pieces. `order` is the epoch's `epoch_order`,
+    computed once per epoch rather than once per piece. Returns the state (its epoch count not yet advanced) and the
+    piece's summed batch loss and number of correct predictions.
 
     With `batch_sharding` each batch is split over the devices of a data-parallel mesh (parameters replicated, so
     XLA sums the gradients across devices); without it nothing is annotated and one device runs it all.
@@ -186,15 +188,15 @@ def train_steps(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Ar
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         return train_step(config, state, hyper, *batch)
 
-    order = jax.lax.dynamic_slice_in_dim(epoch_order(config, state), first, steps)
-    state, (losses, correct) = jax.lax.scan(step, state, order)
+    state, (losses, correct) = jax.lax.scan(step, state, jax.lax.dynamic_slice_in_dim(order, first, steps))
     return state, {"loss_sum": jnp.sum(losses), "correct": jnp.sum(correct)}
 
 
 def train_epoch(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array,
                 batch_sharding: jax.sharding.Sharding | None = None):
     """One whole epoch in one program; returns the new state and the epoch's (as trained) loss and accuracy."""
-    state, sums = train_steps(config, state, hyper, x_train, y_train, 0, config.steps_per_epoch, batch_sharding)
+    state, sums = train_steps(config, state, hyper, x_train, y_train, epoch_order(config, state), 0,
+                              config.steps_per_epoch, batch_sharding)
     return end_epoch(config, state, sums)
 
 

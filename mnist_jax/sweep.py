@@ -148,41 +148,50 @@ def default_vmap_chunk() -> int | None:
 
 
 def sweep_steps(config, shared_order: bool, vmap_chunk: int | None, mesh):
-    """`engine.train_steps` over stacked members: (state, hyper, x, y, first, steps) -> (state, per-member sums).
+    """`engine.train_steps` over stacked members: (state, hyper, x, y, orders, first, steps) -> (state, sums), with
+    `orders` each member's epoch order (`sweep_orders`).
 
     Each device takes its share of the members (`shard_map` over the member axis of `mesh`). There, `vmap_chunk`
     members at a time are trained side by side by a `vmap`, and the chunks one after another by a `lax.map`;
-    `None` (or at least the device's share) vmaps them all. With a shared order and a full vmap the data key and
-    epoch are taken out of the vmap, so the batch gather, conv1's input windows and conv1's weight gradient are
-    computed once for all members (one wide matmul) instead of once per member.
+    `None` (or at least the device's share) vmaps them all. With a shared order and a full vmap the order is taken
+    out of the vmap, so the batch gather, conv1's input windows and conv1's weight gradient are computed once for all
+    members (one wide matmul) instead of once per member.
     """
     import jax
     from jax.sharding import PartitionSpec
 
     from mnist_jax import engine
 
-    def local(state, hyper, x, y, first, steps):
+    def local(state, hyper, x, y, orders, first, steps):
         member_steps = functools.partial(engine.train_steps, config, x_train=x, y_train=y, first=first, steps=steps)
         n = state.epoch.shape[0]
         if vmap_chunk is not None and vmap_chunk < n:
             # batch_size=1 would still vmap each member (over an axis of 1), which XLA:CPU runs slower
-            return jax.lax.map(lambda sh: member_steps(*sh), (state, hyper),
+            return jax.lax.map(lambda sho: member_steps(*sho[:2], order=sho[2]), (state, hyper, orders),
                                batch_size=vmap_chunk if vmap_chunk > 1 else None)
         if shared_order:
-            key, epoch = state.data_key[0], state.epoch[0]
-            return jax.vmap(lambda s, h: member_steps(s.replace(data_key=key, epoch=epoch), h))(state, hyper)
-        return jax.vmap(member_steps)(state, hyper)
+            return jax.vmap(lambda s, h: member_steps(s, h, order=orders[0]))(state, hyper)
+        return jax.vmap(lambda s, h, o: member_steps(s, h, order=o))(state, hyper, orders)
 
     if mesh.size == 1:
         return local
     members, replicated = PartitionSpec(MEMBER_AXIS), PartitionSpec()
 
-    def sharded(state, hyper, x, y, first, steps):
+    def sharded(state, hyper, x, y, orders, first, steps):
         return jax.shard_map(functools.partial(local, steps=steps), mesh=mesh,
-                             in_specs=(members, members, replicated, replicated, replicated),
-                             out_specs=(members, members))(state, hyper, x, y, first)
+                             in_specs=(members, members, replicated, replicated, members, replicated),
+                             out_specs=(members, members))(state, hyper, x, y, orders, first)
 
     return sharded
+
+
+def sweep_orders(config):
+    """Every member's batch order for the epoch after its `epoch`: (members, steps, batch)."""
+    import jax
+
+    from mnist_jax import engine
+
+    return jax.vmap(functools.partial(engine.epoch_order, config))
 
 
 def sweep_epoch(config, shared_order: bool, vmap_chunk: int | None, mesh):
@@ -192,7 +201,8 @@ def sweep_epoch(config, shared_order: bool, vmap_chunk: int | None, mesh):
     steps = sweep_steps(config, shared_order, vmap_chunk, mesh)
 
     def epoch(state, hyper, x, y):
-        return engine.end_epoch(config, *steps(state, hyper, x, y, 0, config.steps_per_epoch))
+        return engine.end_epoch(config, *steps(state, hyper, x, y, sweep_orders(config)(state), 0,
+                                               config.steps_per_epoch))
 
     return epoch
 
@@ -245,7 +255,8 @@ def run_sweep(args, held: contextlib.ExitStack) -> int:
                    out_shardings=members_sharding)
     run = Run(init=lambda: init(hyper),
               abstract=checkpoint.with_sharding(jax.eval_shape(init, hyper), members_sharding),
-              steps=sweep_steps(config, args.shared_order, chunk, mesh), epoch_args=(hyper, *data["train"]),
+              steps=sweep_steps(config, args.shared_order, chunk, mesh), order=sweep_orders(config),
+              epoch_args=(hyper, *data["train"]),
               steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size,
               evaluate=lambda state: evaluate(state.params, hyper, held_out),
               label=f"sweep {args.model} x{len(members)}",

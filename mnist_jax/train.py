@@ -76,6 +76,7 @@ def train(args, held: contextlib.ExitStack) -> int:
     run = Run(init=lambda: jax.jit(engine.init_member, static_argnums=0, out_shardings=replicated)(config, hyper),
               abstract=abstract_member(config, hyper, replicated),
               steps=functools.partial(engine.train_steps, config, batch_sharding=batch_sharding),
+              order=functools.partial(engine.epoch_order, config),
               epoch_args=(hyper, *splits["train"]), steps_per_epoch=config.steps_per_epoch,
               batch_size=config.batch_size, evaluate=lambda state: evaluate(config, state.params, hyper, held_out),
               label=f"{args.model}/{args.activation}", describe=lambda row: metrics.describe(row, config.epochs))

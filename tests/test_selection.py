@@ -76,10 +76,11 @@ def test_the_best_checkpoint_follows_validation_not_test(tmp_path):
         val, test = scripted[int(state.epoch)]
         return {"val": metric(val), "test": metric(test)}
 
-    def no_training(state, first, steps):
+    def no_training(state, order, first, steps):
         return state, {"loss_sum": jnp.float32(steps), "correct": jnp.int32(0)}
 
-    fake = Run(init=lambda: engine.init_member(config, hyper), abstract=None, steps=no_training, epoch_args=(),
+    fake = Run(init=lambda: engine.init_member(config, hyper), abstract=None, steps=no_training,
+               order=lambda state: engine.epoch_order(config, state), epoch_args=(),
                steps_per_epoch=2, batch_size=32, evaluate=evaluate_scripted, label="fake", describe=str)
     fit(tmp_path, fake, epochs=3, meta={})
     manager = checkpoint.open_manager(tmp_path / "checkpoints")
