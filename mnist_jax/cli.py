@@ -41,24 +41,23 @@ def seed(text: str) -> int:
     return value
 
 
-def non_negative_float(text: str) -> float:
+def _finite_number(text: str, positive: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number, 0 or more")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a {'positive' if positive else 'non-negative'} finite "
+                                         "number")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    return _finite_number(text, positive=False)
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
-    return value
+    return _finite_number(text, positive=True)
 
 
 class Parser(argparse.ArgumentParser):
