@@ -74,7 +74,12 @@ def rendezvous(host: str, port: int, num_processes: int, process_id: int, timeou
     hint = ("start every process with the same --coordinator-address and --num-processes and its own "
             "--process-id")
     if process_id == 0:
-        with socket.create_server(("", port), reuse_port=False) as server:
+        try:
+            server = socket.create_server(("", port))
+        except OSError as e:
+            raise UserError(f"process 0 cannot listen on port {port} ({e.strerror}): choose another port in "
+                            "--coordinator-address, the same for every process") from None
+        with server:
             server.settimeout(1.0)
             peers: list[socket.socket] = []
             joined: set[int] = set()

@@ -245,3 +245,13 @@ def test_a_toeplitz_checkpoint_evaluates_with_the_standard_convolution_to_the_sa
     resumed = run_ok(command("train", "--model", "lenet", "--conv", "lax", "--epochs", "1", "--train-limit", "2048",
                              "--test-limit", "1000", "--validation-size", "1000", "--workdir", workdir))
     assert "already holds a finished run" in resumed.stdout  # the form is no part of the run's identity
+
+
+def test_a_coordinator_port_already_taken_is_one_line_for_process_0(tmp_path):
+    with socket.create_server(("", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(command("sweep", *SWEEP, "--workdir", tmp_path / "w", "--coordinator-address",
+                                        f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0"),
+                                env=environment(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot listen on port {port}" in result.stderr.strip().splitlines()[-1]
