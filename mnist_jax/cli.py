@@ -237,8 +237,10 @@ def enable_compile_cache(enabled: bool) -> None:
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
     """Runs a CLI main: a UserError becomes one line on stderr and exit status 2, never a traceback."""
-    # Orbax logs a failed write from each of its threads with a traceback; the error that matters is raised here.
-    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    # Orbax logs a failed write from each of its threads with a traceback, and asyncio logs the same failure again
+    # when the abandoned write task is collected; the error that matters is raised here.
+    for logger in ("absl", "asyncio"):
+        logging.getLogger(logger).setLevel(logging.CRITICAL)
     try:
         code = main(argv)
     except BrokenPipeError:  # stdout closed by its reader (| head): end quietly, as command-line tools do
