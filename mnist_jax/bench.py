@@ -126,12 +126,13 @@ def measure_pieces(x, y, epochs: int) -> dict:
 
     from mnist_jax import distributed, engine
     from mnist_jax.loop import pieces
+    from mnist_jax.models import MODELS
 
     config = engine.Config(model="lenet", train_size=len(y))
     hyper = engine.Hyper.create("relu", 2e-3, 0)
     state = engine.init_member(config, hyper)
     whole = jax.jit(functools.partial(engine.train_epoch, config)).lower(state, hyper, x, y).compile()
-    plan = pieces(config.steps_per_epoch)
+    plan = pieces(config.steps_per_epoch, 1, MODELS["lenet"].piece_member_steps)
     order = jax.jit(functools.partial(engine.epoch_order, config))
     programs = {n: jax.jit(functools.partial(engine.train_steps, config, steps=n)).lower(
         state, hyper, x, y, order(state), np.int32(0)).compile() for n in {n for _, n in plan}}
@@ -150,6 +151,50 @@ def measure_pieces(x, y, epochs: int) -> dict:
             best[name] = min(best[name], seconds) if _ else best[name]
     return {"pieces": len(plan), "whole_epoch_seconds": best["whole"], "pieces_epoch_seconds": best["pieces"],
             "cost": best["pieces"] / best["whole"] - 1}
+
+
+# Large sweeps whose epochs the host loop cuts into more than ten pieces (loop.pieces): model -> members.
+LARGE_SWEEPS = {"lenet": 60, "mlp": 75}
+
+
+def measure_sweep_pieces(x, y, rounds: int) -> dict:
+    """What the pieces beyond ten of a large sweep's epoch cost (the loop adds them so that the bar moves within
+    seconds). Pieces of 1, 2 and 4 times the plan's length are timed interleaved (fastest of `rounds`) and fitted as
+    seconds = fixed + per_step * length; the cost is the extra pieces' fixed part against a ten-piece epoch."""
+    import jax
+
+    from mnist_jax import distributed, engine, sweep
+    from mnist_jax.loop import pieces
+    from mnist_jax.models import MODELS
+
+    results = {}
+    for model, count in LARGE_SWEEPS.items():
+        config = engine.Config(model=model, train_size=len(y))
+        steps = config.steps_per_epoch
+        members = [sweep.Member(("elu", "relu", "leaky_relu")[i % 3], i // 3, 2e-3) for i in range(count)]
+        hyper, mesh = sweep.stacked_hyper(members), sweep.member_mesh()
+        state = sweep.init_stacked(config, hyper, shared_order=False)
+        orders = jax.jit(sweep.sweep_orders(config))(state)
+        train = sweep.sweep_steps(config, False, sweep.default_vmap_chunk(), mesh)
+        plan = pieces(steps, count, MODELS[model].piece_member_steps)
+        length = max(n for _, n in plan)
+        lengths = sorted({min(k * length, steps) for k in (1, 2, 4)})
+        programs = {n: jax.jit(functools.partial(train, steps=n)).lower(
+            state, hyper, x, y, orders, np.int32(0)).compile() for n in lengths}
+        best = dict.fromkeys(lengths, float("inf"))
+        for round_ in range(rounds + 1):  # the first round warms up
+            for n, program in programs.items():
+                started = time.perf_counter()
+                state, sums = program(state, hyper, x, y, orders, np.int32(0))
+                distributed.to_host(sums)
+                seconds = time.perf_counter() - started
+                best[n] = min(best[n], seconds) if round_ else best[n]
+        per_step, fixed = np.polyfit(lengths, [best[n] for n in lengths], 1) if len(lengths) > 1 else (0.0, 0.0)
+        ten = len(pieces(steps, 1, steps))
+        results[model] = {"members": count, "pieces": len(plan), "ten_pieces": ten, "piece_length": length,
+                          "piece_seconds": best[length], "fixed_seconds_per_piece": float(fixed),
+                          "cost": float((len(plan) - ten) * fixed / (ten * fixed + steps * per_step))}
+    return results
 
 
 # The ways a sweep can train its members (sweep --vmap-chunk, --shared-order): name -> (vmap chunk, shared order).
@@ -250,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["lenet"]["lax_conv_epoch_seconds"] = timed_epochs(compiled, state, (hyper, x, y), 1)[0]
     results["lenet_pieces"] = measure_pieces(x, y, args.epochs)
     results["lenet_sweep"] = measure_sweep(x, y, args.seeds)
+    results["sweep_pieces"] = measure_sweep_pieces(x, y, args.epochs)
     results["compile_lenet"] = measure_compile("lenet")
     results["torch"] = run_torch(args.torch_python, x_np, y_np, args.epochs)
     if results["torch"]:
@@ -280,6 +326,10 @@ def table(r: dict) -> str:
     lines.append(f"| lenet epoch in {p['pieces']} pieces (what train runs: stoppable within seconds) against one "
                  f"program | {p['pieces_epoch_seconds']:.3f} / {p['whole_epoch_seconds']:.3f} | | "
                  f"{p['cost']:+.1%} |")
+    for model, p in r["sweep_pieces"].items():
+        lines.append(f"| {model} sweep of {p['members']}: {p['pieces']} pieces of {p['piece_length']} steps an epoch, "
+                     f"not {p['ten_pieces']}: seconds a piece, of them fixed | {p['piece_seconds']:.2f}, "
+                     f"{p['fixed_seconds_per_piece']:.3f} | | {p['cost']:+.1%} of an epoch |")
     s = r["lenet_sweep"]
     lines.append(f"| lenet: {s['members']} single runs, one epoch each, summed | "
                  f"{s['sequential_epoch_seconds']:.2f} | | 1.00x |")

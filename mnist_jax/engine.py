@@ -120,12 +120,22 @@ class TrainState:
     diverged: jax.Array
 
 
-def make_optimizer(config: Config, learning_rate: jax.Array) -> optax.GradientTransformation:
-    """The configured optimizer, its peak learning rate data (inject_hyperparams), scaled by the schedule."""
+def schedule(config: Config) -> optax.Schedule:
+    """The multiplier of the peak learning rate at each step of the run."""
     total = config.epochs * config.steps_per_epoch
     warmup = min(int(config.warmup_epochs * config.steps_per_epoch), total - 1)
+    return SCHEDULES[config.schedule](warmup, total)
+
+
+def make_optimizer(config: Config, learning_rate: jax.Array) -> optax.GradientTransformation:
+    """The configured optimizer, its peak learning rate data (inject_hyperparams), scaled by the schedule."""
     optimizer = OPTIMIZERS[config.optimizer].build(learning_rate, config.weight_decay)
-    return optax.chain(optimizer, optax.scale_by_schedule(SCHEDULES[config.schedule](warmup, total)))
+    return optax.chain(optimizer, optax.scale_by_schedule(schedule(config)))
+
+
+def learning_rate(config: Config, peak: Any, epoch: int) -> Any:
+    """The learning rate of the last step of `epoch` (counted from 1) for peak learning rate(s) `peak`."""
+    return peak * float(schedule(config)((epoch * config.steps_per_epoch) - 1))
 
 
 def _model(config: Config):

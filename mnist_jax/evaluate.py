@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from mnist_jax import engine
     from mnist_jax.data import load_dataset
-    from mnist_jax.workdir import find_member, load_model, read_run, selection_of
+    from mnist_jax.workdir import find_member, load_model, member_name, read_run, selection_of
 
     workdir = args.workdir
     run = read_run(workdir)
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     member_folder = ""  # a sweep's members each get a folder of their own
     if args.member:
         member = run["members"][find_member(run, args.member)]
-        member_folder = f"{member['activation']}-seed{member['seed']}-lr{member['lr']:g}"
+        member_folder = member_name(member)
     selected_by = {"checkpoint": args.checkpoint, **selection_of(workdir, step)}
     if args.dataset not in (None, run["dataset"]):
         raise UserError(f"{workdir} was trained on {run['dataset']}, not {args.dataset}: evaluate it on "

@@ -7,6 +7,7 @@ saved, and the same command resumes from that step, ending bit-identical to a ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -22,11 +23,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mnist_jax import checkpoint, distributed, metrics, records
+from mnist_jax import checkpoint, distributed, events, metrics, records
 from mnist_jax.errors import Interrupted, UserError
 from mnist_jax.workdir import read_metrics
 
-PIECES_PER_EPOCH = 10  # a 60-member LeNet sweep on 2 cores then stops within about 15 s
+PIECES_PER_EPOCH = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +37,12 @@ class Run:
     `order(state)` is the batch order of the epoch after `state.epoch`, computed once per epoch, and
     `steps(state, *epoch_args, order, first, steps=n) -> (state, {"loss_sum", "correct"})` runs `n` steps of that
     epoch from its step `first` (jitted by `fit`, once per piece length); the data travel in `epoch_args` rather than
-    inside the program. `evaluate(state)` returns {split: {metric: value}} for the held-out splits.
-    `label` names the progress bar and `describe(row)` is the line printed after each epoch.
+    inside the program. `evaluate(state)` returns {split: {metric: value}} for the held-out splits, and
+    `learning_rate(epoch)` the learning rate (one per member) of that epoch's last step. `label` names the progress
+    bar and `describe(row)` is the line printed after each epoch. `hparams` has one entry per member, naming its
+    TensorBoard run (activation, seed, lr) and what the HParams tab shows of it. An epoch runs in pieces of about
+    `piece_member_steps` steps of one member (the model's, models.MODELS), counted over the members each device
+    trains.
     """
 
     init: Callable[[], Any]
@@ -48,16 +53,24 @@ class Run:
     steps_per_epoch: int
     batch_size: int
     evaluate: Callable[[Any], dict]
+    learning_rate: Callable[[int], Any]
     label: str
     describe: Callable[[dict], str]
+    hparams: Sequence[dict]
+    piece_member_steps: int
+    members_per_device: int = 1
     members: Sequence[dict] | None = None
 
 
-def pieces(steps: int) -> list[tuple[int, int]]:
-    """(first step, length) of each piece of an epoch: at least PIECES_PER_EPOCH of them (fewer only for an epoch
-    of fewer steps), of at most two lengths, so that at most two programs are compiled."""
-    length = max(1, steps // PIECES_PER_EPOCH)
-    return [(first, min(length, steps - first)) for first in range(0, steps, length)]
+def pieces(steps: int, members: int, member_steps: int, start: int = 0) -> list[tuple[int, int]]:
+    """(first step, length) of each piece of an epoch of `members` members (on one device): at least PIECES_PER_EPOCH
+    of them (fewer only for an epoch of fewer steps), more where that keeps a piece to about `member_steps` steps of
+    one member; of at most two lengths, so that at most two programs are compiled. From step `start` on: an epoch
+    resumed where another plan stopped it (on another number of devices) first runs to this plan's next boundary."""
+    count = max(PIECES_PER_EPOCH, math.ceil(steps * members / member_steps))
+    length = max(1, steps // count)
+    bounds = [*range(0, steps, length), steps]
+    return [(max(first, start), end - max(first, start)) for first, end in zip(bounds, bounds[1:]) if end > start]
 
 
 class _StopRequests:
@@ -100,6 +113,7 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
     primary = distributed.is_primary()
     manager = checkpoint.open_manager(workdir / "checkpoints")
     stopped_at = workdir / "interrupted"  # the place inside an epoch where a run was stopped, if it was
+    board = None
     try:
         start = manager.latest_step() or 0
         if start:
@@ -112,6 +126,8 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
             return state, rows, True
         if primary:  # drops damaged rows and those of epochs whose checkpoint was lost
             records.write_rows(metrics_path, rows)
+            with _writing_events(workdir):
+                board = events.Board(workdir / events.DIRECTORY, run.hparams, start + 1)
         resumed = None
         if stopped_at.exists():
             partial = checkpoint.open_partial(stopped_at)
@@ -126,14 +142,20 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
         elif start:
             print(f"resuming {workdir} after epoch {start} of {epochs}")
 
-        plan = pieces(run.steps_per_epoch)
+        plan = functools.partial(pieces, run.steps_per_epoch, run.members_per_device, run.piece_member_steps)
         compile_started = time.time()
         order_program = jax.jit(run.order)
         orders = order_program(state)
-        programs = {length: jax.jit(functools.partial(run.steps, steps=length)).lower(
-            state, *run.epoch_args, orders, np.int32(0)).compile() for length in sorted({n for _, n in plan})}
+
+        @functools.cache
+        def program(length: int):
+            return jax.jit(functools.partial(run.steps, steps=length)).lower(
+                state, *run.epoch_args, orders, np.int32(0)).compile()
+
+        for length in sorted({n for _, n in plan()}):
+            program(length)
         compile_seconds = time.time() - compile_started
-        print(f"compiled the epoch's {len(plan)} pieces in {compile_seconds:.1f} s on {jax.default_backend()}")
+        print(f"compiled the epoch's {len(plan())} pieces in {compile_seconds:.1f} s on {jax.default_backend()}")
 
         # Redirected to a file, stderr gets one plain line per piece instead of the bar's carriage returns.
         plain = primary and not sys.stderr.isatty()
@@ -148,10 +170,8 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
                     done, resumed = resumed["next_step"], None
                     bar.update(done)
                 orders = order_program(state)
-                for first, length in plan:
-                    if first < done:
-                        continue
-                    state, piece = programs[length](state, *run.epoch_args, orders, np.int32(first))
+                for first, length in plan(done):
+                    state, piece = program(length)(state, *run.epoch_args, orders, np.int32(first))
                     piece = distributed.to_host(piece)
                     sums = {k: sums[k] + np.asarray(piece[k], np.float64) for k in sums}
                     bar.update(length)
@@ -170,11 +190,11 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
                 train = {"loss": sums["loss_sum"] / run.steps_per_epoch,
                          "accuracy": sums["correct"] / (run.steps_per_epoch * run.batch_size)}
                 by_split, diverged = distributed.to_host((run.evaluate(state), state.diverged))
-                row = metrics.make_row(epoch, {"train": train, **by_split}, diverged, seconds,
-                                       run.steps_per_epoch * run.batch_size * len(run.members or [None]),
+                row = metrics.make_row(epoch, {"train": train, **by_split}, run.learning_rate(epoch), diverged,
+                                       seconds, run.steps_per_epoch * run.batch_size * len(run.members or [None]),
                                        run.members)
                 rows.append(row)
-                _save_epoch(manager, workdir, metrics_path, epoch, state, row, meta, primary, bar)
+                _save_epoch(manager, workdir, metrics_path, board, epoch, state, row, meta, bar)
                 if primary and stopped_at.exists():  # that epoch is whole now
                     shutil.rmtree(stopped_at, ignore_errors=True)
                 bar.write(run.describe(row))
@@ -184,17 +204,33 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
                                       "resume")
         bar.close()
         manager.wait_until_finished()
+        if board is not None:
+            with _writing_events(workdir):
+                board.finish()
     finally:
         manager.close()
+        if board is not None:
+            board.close()
     return state, rows, False
 
 
-def _save_epoch(manager, workdir: Path, metrics_path: Path, epoch: int, state, row: dict, meta: dict, primary: bool,
-                bar) -> None:
+@contextlib.contextmanager
+def _writing_events(workdir: Path):
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"could not write TensorBoard events in {workdir / events.DIRECTORY} "
+                        f"({records.os_reason(e)}): free space or make it writable, then run the same command") from None
+
+
+def _save_epoch(manager, workdir: Path, metrics_path: Path, board: events.Board | None, epoch: int, state,
+                row: dict, meta: dict, bar) -> None:
+    """Process 0 (the one with a board) writes the metrics row and the TensorBoard events; all save the checkpoint."""
     metric, score = metrics.selection_score(row)
     try:
-        if primary:
+        if board is not None:
             records.append_row(metrics_path, row)
+            board.write(row)
         checkpoint.save(manager, epoch, state, {**meta, "epoch": epoch, "selected_by": {metric: score}},
                         {checkpoint.BEST_METRIC: score})
     except Exception as e:  # Orbax reports a full disk as ValueError, files as OSError

@@ -1,8 +1,9 @@
 """The metrics row: the one schema every writer (metrics.jsonl, the console, results, exports) reads.
 
 The engine returns an epoch's numbers as {split: {metric: value}}; `make_row` flattens them into columns named
-`<split>_<metric>` (train_loss, val_accuracy, ...). A single run's row holds the columns themselves, a sweep's row one
-entry per member holding the same columns.
+`<split>_<metric>` (train_loss, val_accuracy, ...), beside `learning_rate` (that of the epoch's last step), `diverged`
+and the epoch's timing. A single run's row holds the columns themselves, a sweep's row one entry per member holding
+the same columns (timing is the whole sweep's).
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ def columns(by_split: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {f"{split}_{metric}": by_split[split][metric] for split in SPLITS if split in by_split for metric in METRICS}
 
 
-def make_row(epoch: int, by_split: Mapping[str, Mapping[str, Any]], diverged: Any, seconds: float,
-             images: int, members: Sequence[Mapping[str, Any]] | None = None) -> dict:
+def make_row(epoch: int, by_split: Mapping[str, Mapping[str, Any]], learning_rate: Any, diverged: Any,
+             seconds: float, images: int, members: Sequence[Mapping[str, Any]] | None = None) -> dict:
     """An epoch's metrics.jsonl row; with `members` every value has a leading member axis (padding past the end).
 
     A non-finite value (a diverged member's training loss) becomes None, as metrics.jsonl stores it (null).
     """
     timing = {"epoch_seconds": round(seconds, 4), "images_per_second": round(images / seconds, 1)}
-    values = {**columns(by_split), "diverged": diverged}
+    values = {**columns(by_split), "learning_rate": learning_rate, "diverged": diverged}
     if members is None:
         return strict({"epoch": epoch, **{k: _plain(v) for k, v in values.items()}, **timing})
     stacked = {k: np.asarray(v)[:len(members)].tolist() for k, v in values.items()}
@@ -41,7 +42,8 @@ def make_row(epoch: int, by_split: Mapping[str, Mapping[str, Any]], diverged: An
 def member_row(row: dict, index: int) -> dict:
     """The single-run row of member `index` of a sweep row (timing is the whole sweep's)."""
     member = row["members"][index]
-    return {"epoch": row["epoch"], **{k: member[k] for k in metric_names(member)}, "diverged": member["diverged"],
+    own = [*metric_names(member), "learning_rate", "diverged"]  # learning_rate: not in rows before it was added
+    return {"epoch": row["epoch"], **{k: member[k] for k in own if k in member},
             "epoch_seconds": row["epoch_seconds"], "images_per_second": row["images_per_second"]}
 
 

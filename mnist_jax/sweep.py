@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from mnist_jax import cli, distributed
 from mnist_jax.errors import UserError
-from mnist_jax.models import ACTIVATIONS
+from mnist_jax.models import ACTIVATIONS, MODELS
 
 MEMBER_AXIS = "members"
 
@@ -227,7 +229,7 @@ def run_sweep(args, held: contextlib.ExitStack) -> int:
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from mnist_jax import checkpoint, engine, results
+    from mnist_jax import checkpoint, engine, events, results
     from mnist_jax.loop import Run, fit
     from mnist_jax.report import environment
     from mnist_jax.workdir import hold, prepare_workdir
@@ -259,8 +261,12 @@ def run_sweep(args, held: contextlib.ExitStack) -> int:
               epoch_args=(hyper, *data["train"]),
               steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size,
               evaluate=lambda state: evaluate(state.params, hyper, held_out),
+              learning_rate=functools.partial(engine.learning_rate, config, np.array([m.lr for m in members])),
               label=f"sweep {args.model} x{len(members)}",
               describe=lambda row: describe_row(row, config.epochs),
+              hparams=[events.hparams(config, dataclasses.asdict(m)) for m in members],
+              piece_member_steps=MODELS[config.model].piece_member_steps,
+              members_per_device=len(padded) // mesh.size,
               members=[dataclasses.asdict(m) for m in members])
     state, rows, finished_before = fit(args.workdir, run, config.epochs,
                                        meta={"run": description, "stacked_members": len(padded)})

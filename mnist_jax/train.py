@@ -10,7 +10,7 @@ from typing import Sequence
 
 from mnist_jax import cli, distributed
 from mnist_jax.errors import UserError
-from mnist_jax.models import ACTIVATIONS
+from mnist_jax.models import ACTIVATIONS, MODELS
 
 DATA_AXIS = "data"  # the mesh axis a batch is split over
 
@@ -49,7 +49,7 @@ def train(args, held: contextlib.ExitStack) -> int:
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from mnist_jax import engine, metrics, records, results
+    from mnist_jax import engine, events, metrics, records, results
     from mnist_jax.loop import Run, fit
     from mnist_jax.report import environment
     from mnist_jax.workdir import abstract_member, hold, prepare_workdir, recipe, run_description
@@ -79,7 +79,10 @@ def train(args, held: contextlib.ExitStack) -> int:
               order=functools.partial(engine.epoch_order, config),
               epoch_args=(hyper, *splits["train"]), steps_per_epoch=config.steps_per_epoch,
               batch_size=config.batch_size, evaluate=lambda state: evaluate(config, state.params, hyper, held_out),
-              label=f"{args.model}/{args.activation}", describe=lambda row: metrics.describe(row, config.epochs))
+              learning_rate=functools.partial(engine.learning_rate, config, lr),
+              label=f"{args.model}/{args.activation}", describe=lambda row: metrics.describe(row, config.epochs),
+              hparams=[events.hparams(config, {"activation": args.activation, "seed": args.seed, "lr": lr})],
+              piece_member_steps=MODELS[config.model].piece_member_steps)
     state, rows, finished_before = fit(workdir, run, config.epochs, meta={"run": description})
     if finished_before:
         final = metrics.columns(run.evaluate(state))

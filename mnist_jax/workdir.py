@@ -31,6 +31,11 @@ def run_description(config: engine.Config, activation: str, learning_rate: float
     return json.loads(json.dumps(description))  # as it reads back from run.json: tuples become lists
 
 
+def member_name(member: dict) -> str:
+    """The folder of one member (its TensorBoard run, a sweep member's evaluation): <activation>-seed<s>-lr<lr>."""
+    return f"{member['activation']}-seed{member['seed']}-lr{member['lr']:g}"
+
+
 def config_record(config: engine.Config) -> dict:
     """The configuration as a run record holds it: without the convolution form, which may change on resume."""
     return {k: v for k, v in dataclasses.asdict(config).items() if k != "conv"}

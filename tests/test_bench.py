@@ -22,6 +22,9 @@ def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
     assert all(s["epoch_seconds"] > 0 for s in sweep["strategies"].values())
     assert results["lenet"]["lax_conv_epoch_seconds"] > 0
     assert results["lenet_pieces"]["pieces"] == 4 and results["lenet_pieces"]["pieces_epoch_seconds"] > 0
+    for model, members in bench.LARGE_SWEEPS.items():
+        assert results["sweep_pieces"][model]["members"] == members
+        assert results["sweep_pieces"][model]["piece_seconds"] > 0
     assert results["environment"]["cpu"]
     for key in ("cold_seconds", "warm_seconds", "epoch_cold_seconds", "epoch_warm_seconds"):
         assert results["compile_lenet"][key] > 0

@@ -1,6 +1,7 @@
 """Faults and bad input as a new user meets them: nothing lost, one clear line, never a traceback."""
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -11,9 +12,12 @@ import time
 from pathlib import Path
 
 import chex
+import jax
+import numpy as np
 import pytest
 
-from mnist_jax import checkpoint, cli, evaluate, records, sweep, train
+from mnist_jax import checkpoint, cli, engine, evaluate, loop, records, sweep, train
+from mnist_jax.models import MODELS
 from mnist_jax.workdir import hold, load_sweep_member
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,3 +266,33 @@ def test_progress_moves_inside_the_epoch_as_plain_lines_when_stderr_is_a_file(tm
     positions = {line.split("step ")[1].split(" ")[0] for line in err.splitlines() if "epoch 1, step" in line}
     assert len(positions) >= 10 and "16/16" in positions  # 1024 images in batches of 64
     assert "\r" not in err
+
+
+@pytest.mark.parametrize("steps,members,model", [(16, 5, "mlp"), (429, 1, "lenet"), (429, 60, "lenet"),
+                                                  (429, 75, "mlp"), (7, 3, "lenet")])
+def test_an_epochs_pieces_cover_every_step_once_wherever_it_resumes(steps, members, model):
+    budget = MODELS[model].piece_member_steps
+    plan = loop.pieces(steps, members, budget)
+    assert len(plan) >= min(loop.PIECES_PER_EPOCH, steps) and len({n for _, n in plan}) <= 2
+    assert all(n == 1 or n * members <= budget for _, n in plan)  # a large sweep's bar still moves within seconds
+    for start in range(steps):  # resumed after any step, e.g. where a plan for another device count stopped it
+        resumed = loop.pieces(steps, members, budget, start)
+        assert [s for first, n in resumed for s in range(first, first + n)] == list(range(start, steps))
+        assert {n for _, n in resumed[1:]} <= {n for _, n in plan}
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+def test_where_an_epoch_is_cut_into_pieces_does_not_change_a_bit(model, small_mnist):
+    x, y = small_mnist[0][:640], small_mnist[1][:640]
+    config = engine.Config(model=model, hidden=(32,), batch_size=64, train_size=640)
+    hyper = engine.Hyper.create("elu", 2e-3, 0)
+
+    def train_in(plan):
+        state = engine.init_member(config, hyper)
+        order = engine.epoch_order(config, state)
+        for first, n in plan:
+            state, _ = jax.jit(functools.partial(engine.train_steps, config, steps=n))(state, hyper, x, y, order,
+                                                                                      np.int32(first))
+        return state.params
+
+    chex.assert_trees_all_equal(train_in([(0, 5), (5, 5)]), train_in([(0, 3), (3, 1), (4, 6)]))

@@ -1,5 +1,6 @@
 """Honest selection: a fixed validation split, the best checkpoint and the learning rates chosen on it, never on test."""
 
+import functools
 import json
 
 import jax
@@ -81,7 +82,9 @@ def test_the_best_checkpoint_follows_validation_not_test(tmp_path):
 
     fake = Run(init=lambda: engine.init_member(config, hyper), abstract=None, steps=no_training,
                order=lambda state: engine.epoch_order(config, state), epoch_args=(),
-               steps_per_epoch=2, batch_size=32, evaluate=evaluate_scripted, label="fake", describe=str)
+               steps_per_epoch=2, batch_size=32, evaluate=evaluate_scripted,
+               learning_rate=functools.partial(engine.learning_rate, config, 1e-3), label="fake", describe=str,
+               hparams=[{"activation": "relu", "seed": 0, "lr": 1e-3}], piece_member_steps=1)
     fit(tmp_path, fake, epochs=3, meta={})
     manager = checkpoint.open_manager(tmp_path / "checkpoints")
     assert manager.best_step() == 2

@@ -44,7 +44,7 @@ def test_main_job_writes_metrics_summary_and_checkpoints(tmp_path, capsys):
     assert [row["epoch"] for row in rows] == [1, 2]
     for row in rows:
         assert set(row) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
-                            "test_accuracy", "diverged", "epoch_seconds", "images_per_second"}
+                            "test_accuracy", "learning_rate", "diverged", "epoch_seconds", "images_per_second"}
         assert row["epoch_seconds"] > 0 and row["images_per_second"] > 0
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["model"] == "mlp" and summary["activation"] == "relu" and summary["seed"] == 0

@@ -1,0 +1,99 @@
+"""TensorBoard event files: one TensorBoard run per trained member, under `<workdir>/tb/<activation>-seed<s>-lr<lr>`.
+
+Each epoch's metrics row becomes scalars at step = epoch (`train/loss`, `val/accuracy`, ..., `learning_rate`,
+`time/epoch_seconds`, `time/images_per_second`; a sweep's timing is the whole sweep's), and each run carries the
+hparams summary of its member, so TensorBoard's HParams tab compares members by activation, seed and lr. Events are
+written synchronously by the host loop (an error is raised where it can be reported, not lost in a thread), with
+tensorboardX's writer, which needs no TensorFlow. Each launch opens a new event file that starts a session at its
+first epoch, which makes TensorBoard drop what earlier launches wrote from that epoch on: epochs written before a
+crash and trained again appear once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tensorboardX import summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.proto.summary_pb2 import Summary
+
+from mnist_jax import metrics
+from mnist_jax.workdir import member_name
+
+DIRECTORY = "tb"
+TIMING = {"epoch_seconds": "time/epoch_seconds", "images_per_second": "time/images_per_second"}
+
+
+def scalars(row: Mapping[str, Any]) -> dict[str, float]:
+    """A single run's metrics row as TensorBoard tags and values (None, a non-finite loss, becomes NaN)."""
+    tags = {name: name.replace("_", "/", 1) for name in metrics.metric_names(row)}
+    tags |= {"learning_rate": "learning_rate", **TIMING}
+    return {tag: math.nan if row[name] is None else float(row[name]) for name, tag in tags.items() if name in row}
+
+
+def hparams(config: Any, member: Mapping[str, Any]) -> dict:
+    """What the HParams tab compares for one member: activation, seed, lr and the recipe (`config`, an
+    engine.Config) it was trained with."""
+    return {"activation": member["activation"], "seed": member["seed"], "lr": member["lr"], "model": config.model,
+            "optimizer": config.optimizer, "schedule": config.schedule, "weight_decay": config.weight_decay,
+            "batch_size": config.batch_size, "epochs": config.epochs}
+
+
+class Board:
+    """The event files of one launch: one writer per member, written once per epoch."""
+
+    def __init__(self, directory: Path, members: Sequence[Mapping[str, Any]], first_epoch: int):
+        """`members[i]` is member i's hparams (see `hparams`); epochs before `first_epoch` are trained already, and
+        any event at `first_epoch` or later is from a launch that stopped before that epoch's checkpoint."""
+        self._writers = []
+        for member in members:
+            run = directory / member_name(member)
+            run.mkdir(parents=True, exist_ok=True)
+            launches = len(list(run.glob("events.out.tfevents.*")))
+            # Files are named by the second they were opened in (TensorBoard reads them in name order); the suffix
+            # keeps two launches of one second apart.
+            writer = EventsWriter(str(run / "events"), filename_suffix=f".{launches}")
+            self._writers.append(writer)
+            if not launches:
+                experiment, start, _ = summary.hparams(dict(member), dict.fromkeys(HPARAMS_METRICS, 0.0))
+                _write(writer, experiment, step=0)
+                _write(writer, start, step=0)
+            # Every launch starts a session at its first epoch: TensorBoard drops the events of earlier launches from
+            # that step on (a launch's first session is no restart to its Python reader, hence one in each launch).
+            writer.write_event(Event(wall_time=time.time(), step=first_epoch,
+                                     session_log=SessionLog(status=SessionLog.START)))
+            writer.flush()
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        """One epoch's metrics row (a sweep's: one run per member)."""
+        rows = [metrics.member_row(row, i) for i in range(len(row["members"]))] if "members" in row else [row]
+        for writer, member_row in zip(self._writers, rows):
+            values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars(member_row).items()]
+            _write(writer, Summary(value=values), step=row["epoch"])
+            writer.flush()
+
+    def finish(self) -> None:
+        """Marks every member's session as finished (the HParams tab's status)."""
+        _, _, end = summary.hparams({}, {})
+        for writer in self._writers:
+            _write(writer, end, step=0)
+            writer.flush()
+
+    def close(self) -> None:
+        """Closes the files; a failure here was already reported by the write that left data behind."""
+        for writer in self._writers:
+            with contextlib.suppress(OSError):
+                writer.close()
+
+
+# The scalars the HParams tab shows for each run (their last values): validation first, the test set last.
+HPARAMS_METRICS = [f"{split}/{metric}" for split in ("val", "train", "test") for metric in metrics.METRICS]
+
+
+def _write(writer: EventsWriter, piece: Summary, step: int) -> None:
+    writer.write_event(Event(wall_time=time.time(), step=step, summary=piece))
