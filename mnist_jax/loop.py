@@ -73,6 +73,11 @@ def pieces(steps: int, members: int, member_steps: int, start: int = 0) -> list[
     return [(max(first, start), end - max(first, start)) for first, end in zip(bounds, bounds[1:]) if end > start]
 
 
+def _tenths(step: int, steps: int) -> int:
+    """How many whole tenths of an epoch of `steps` steps are done after `step` steps."""
+    return PIECES_PER_EPOCH * step // steps
+
+
 class _StopRequests:
     """Ctrl-C and SIGTERM become a request to stop at the next piece boundary; a second Ctrl-C stops at once."""
 
@@ -157,7 +162,7 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
         compile_seconds = time.time() - compile_started
         print(f"compiled the epoch's {len(plan())} pieces in {compile_seconds:.1f} s on {jax.default_backend()}")
 
-        # Redirected to a file, stderr gets one plain line per piece instead of the bar's carriage returns.
+        # Redirected to a file, stderr gets a plain line each tenth of an epoch instead of the bar's carriage returns.
         plain = primary and not sys.stderr.isatty()
         bar = tqdm(total=epochs * run.steps_per_epoch, initial=start * run.steps_per_epoch, unit="step",
                    desc=run.label, file=sys.stderr, dynamic_ncols=True, disable=not primary or plain)
@@ -175,7 +180,7 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
                     piece = distributed.to_host(piece)
                     sums = {k: sums[k] + np.asarray(piece[k], np.float64) for k in sums}
                     bar.update(length)
-                    if plain:
+                    if plain and _tenths(first + length, run.steps_per_epoch) > _tenths(first, run.steps_per_epoch):
                         done_all = (epoch - 1) * run.steps_per_epoch + first + length
                         print(f"{run.label}: epoch {epoch}, step {first + length}/{run.steps_per_epoch} "
                               f"({done_all}/{epochs * run.steps_per_epoch} in all)", file=sys.stderr, flush=True)

@@ -89,10 +89,9 @@ class LeNet(nn.Module):
 class Model:
     """A model of the registry: how to build it, and how many member-steps make a piece of an epoch (loop.pieces).
 
-    A piece of that size trains for 1.5-2 s on the 2-core AVX-512 "AMD EPYC" (2-3x that on the slower AVX2 EPYC), so
-    that even a large sweep's progress bar moves, and Ctrl-C takes effect, within seconds; each piece beyond ten
-    costs a sweep about 1 ms per member on CPU (lax.map takes each member's state out and puts it back), which at
-    these sizes stays under 2% of an epoch (measured: LeNet 60 members, MLP 75).
+    A piece of that size trains for 1.4-2 s on the 2-core AVX-512 "AMD EPYC" (2-3x that on the slower AVX2 EPYC), so
+    that even a large sweep's progress bar moves, and Ctrl-C takes effect, within seconds, and is long enough that
+    the fixed part of a piece stays out of sight (the benchmark's `sweep_pieces` measures it).
     """
 
     build: Callable[[Sequence[int], jnp.dtype, str], nn.Module]
