@@ -17,6 +17,9 @@ from mnist_jax import records
 from mnist_jax.metrics import SELECTION, metric_names
 
 THRESHOLDS = (0.99, 0.98)  # epochs to reach these validation accuracies measure convergence
+# A member that ends no better than this (twice chance for ten classes) without diverging has stalled: dead units or
+# a stuck optimizer. It still counts with its accuracy; the results name it, as they name the diverged.
+STALLED_ACCURACY = 0.2
 
 
 def _pct(threshold: float) -> int:
@@ -24,14 +27,17 @@ def _pct(threshold: float) -> int:
 
 
 def member_results(rows: list[dict]) -> list[dict]:
-    """One entry per member: final metrics, divergence, first epoch at each validation accuracy threshold."""
+    """One entry per member: final metrics, divergence, stalling, first epoch at each validation accuracy
+    threshold. Stalling is judged on validation accuracy, or on test accuracy where there is no validation split."""
     out = []
     for i, final in enumerate(rows[-1]["members"]):
         history = [row["members"][i] for row in rows]
         diverged_at = next((row["epoch"] for row, m in zip(rows, history) if m["diverged"]), None)
+        accuracy = final.get(SELECTION, final["test_accuracy"])
         entry = {"activation": final["activation"], "seed": final["seed"], "lr": final["lr"],
                  **{k: final[k] for k in metric_names(final)},
-                 "diverged": bool(final["diverged"]), "diverged_epoch": diverged_at}
+                 "diverged": bool(final["diverged"]), "diverged_epoch": diverged_at,
+                 "stalled": not final["diverged"] and accuracy <= STALLED_ACCURACY}
         for threshold in THRESHOLDS:
             entry[f"epoch_to_{_pct(threshold)}"] = next(
                 (row["epoch"] for row, m in zip(rows, history) if m.get(SELECTION, -1) >= threshold), None)
@@ -57,7 +63,7 @@ def summarize(members: list[dict]) -> list[dict]:
         for metric in ("val_accuracy", "test_accuracy"):
             if metric in group[0]:
                 entry.update(_stats([m[metric] for m in group], metric))
-        entry.update(n_diverged=sum(m["diverged"] for m in group),
+        entry.update(n_diverged=sum(m["diverged"] for m in group), n_stalled=sum(m["stalled"] for m in group),
                      mean_train_loss=float(np.nanmean(np.array([m["train_loss"] for m in group], dtype=float))))
         for threshold in THRESHOLDS:
             key = f"epoch_to_{_pct(threshold)}"
@@ -84,7 +90,7 @@ def select(summary: list[dict]) -> list[dict]:
                           "mean_test_accuracy": best["mean_test_accuracy"],
                           "std_test_accuracy": best["std_test_accuracy"],
                           **{k: best[k] for k in ("mean_epoch_to_98", "n_reached_98", "mean_epoch_to_99",
-                                                  "n_reached_99", "mean_train_loss", "n_diverged")}})
+                                                  "n_reached_99", "mean_train_loss", "n_diverged", "n_stalled")}})
     return selection
 
 
@@ -148,8 +154,9 @@ def _grid(summary: list[dict], metric: str, selected: set[tuple]) -> list[str]:
         row = []
         for lr in lrs:
             s = cells.get((activation, lr))
+            notes = ", ".join(f"{s[f'n_{what}']} {what}" for what in ("diverged", "stalled") if s and s[f"n_{what}"])
             text = "" if s is None else f"{s[f'mean_{metric}']:.2%} ± {s[f'std_{metric}']:.2%}" + (
-                f" ({s['n_diverged']} diverged)" if s["n_diverged"] else "")
+                f" ({notes})" if notes else "")
             row.append(f"**{text}**" if (activation, lr) in selected else text)
         lines.append(f"| {activation} | " + " | ".join(row) + " |")
     return lines
@@ -193,6 +200,11 @@ def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], memb
     if diverged:
         lines += ["", "Diverged (counted with the accuracy of their frozen parameters): " + ", ".join(
             f"{m['activation']} seed {m['seed']} lr {m['lr']:g} (epoch {m['diverged_epoch']})" for m in diverged)]
+    stalled = [m for m in members if m["stalled"]]
+    if stalled:
+        lines += ["", f"Stalled (no blow-up, but at most {STALLED_ACCURACY:.0%} accuracy at the end: dead units or a "
+                  "stuck optimizer; counted with that accuracy): " + ", ".join(
+                      f"{m['activation']} seed {m['seed']} lr {m['lr']:g}" for m in stalled)]
     return "\n".join(lines) + "\n"
 
 

@@ -118,7 +118,7 @@ def test_evaluate_best_says_which_epoch_and_metric_chose_it(tmp_path, capsys):
 
 def member(activation, lr, seed, val, test=0.9, diverged=False):
     return {"activation": activation, "lr": lr, "seed": seed, "val_accuracy": val, "test_accuracy": test,
-            "train_loss": 0.1, "diverged": diverged, "epoch_to_98": None, "epoch_to_99": None}
+            "train_loss": 0.1, "diverged": diverged, "stalled": False, "epoch_to_98": None, "epoch_to_99": None}
 
 
 def test_selection_takes_each_activations_lr_of_best_mean_validation_accuracy():
@@ -141,6 +141,22 @@ def test_a_diverged_member_counts_with_the_accuracy_of_its_frozen_parameters():
     members = [member("relu", 0.001, 0, 0.90), member("relu", 0.001, 1, 0.90),
                member("relu", 0.1, 0, 0.99), member("relu", 0.1, 1, 0.10, diverged=True)]
     assert results.select(results.summarize(members))[0]["lr"] == 0.001  # mean 0.545 at lr 0.1
+
+
+def test_a_member_that_ends_near_chance_without_diverging_is_named_stalled():
+    def final(seed, val, diverged=False):
+        return {"activation": "relu", "seed": seed, "lr": 0.1, "val_accuracy": val, "test_accuracy": val,
+                "train_loss": None if diverged else 2.3, "diverged": diverged}
+
+    rows = [{"epoch": 1, "members": [final(0, 0.40), final(1, 0.90), final(2, 0.40)]},
+            {"epoch": 2, "members": [final(0, 0.098), final(1, 0.97), final(2, 0.10, diverged=True)]}]
+    members = results.member_results(rows)
+    assert [m["stalled"] for m in members] == [True, False, False]  # the blown-up one is named as diverged
+    summary = results.summarize(members)
+    selection = results.select(summary)
+    assert (summary[0]["n_stalled"], selection[0]["n_stalled"]) == (1, 1)
+    text = results.markdown(summary, selection, results.comparisons(members, selection), members)
+    assert "(1 diverged, 1 stalled)" in text and "Stalled (" in text and "relu seed 0 lr 0.1" in text
 
 
 def test_without_validation_nothing_is_selected_and_comparisons_are_per_lr():
