@@ -138,7 +138,7 @@ def load_data(args: argparse.Namespace):
     print(f"data: {ds.describe()}; using {counts}" + (
         f" (an epoch trains on {len(train) - dropped} of the {len(train)}: whole batches of {args.batch_size}, "
         "in a new order each epoch)" if dropped else ""))
-    record = {"dataset": args.dataset, "test_limit": args.test_limit,
+    record = {"dataset": args.dataset, "content": ds.content(), "test_limit": args.test_limit,
               "validation": {"images": len(validation), "permutation_seed": VALIDATION_SEED},
               "data_location": {"source": args.data_source,
                                 "dir": str(Path(args.data_dir).resolve()) if args.data_dir else None}}

@@ -52,6 +52,20 @@ class Dataset:
         return (f"{self.name} from {self.source} ({self.location}): "
                 f"{len(self.y_train)} train, {len(self.y_test)} test images")
 
+    def content(self) -> dict[str, str]:
+        """A digest of each split's images and labels as loaded: the same for any copy of the same data (IDX, .gz,
+        tfds), different for other data, so a run record can say exactly what it was trained and tested on."""
+        return {"train": _digest(self.x_train, self.y_train), "test": _digest(self.x_test, self.y_test)}
+
+
+def _digest(images: np.ndarray, labels: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in (images, labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
+
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Reads one IDX file (gzipped or not), checking its magic number, dimensions and size."""

@@ -126,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     location = run["data_location"]
     ds = load_dataset(args.data_source or location["source"], run["dataset"], args.data_dir or location["dir"])
     print(f"data: {ds.describe()}")
+    if "content" in run and ds.content()["test"] != run["content"]["test"]:
+        raise UserError(f"the test images of {ds.source} ({ds.location}) are not those {workdir} was tested on: "
+                        f"evaluate on the same {run['dataset']} test set (leave out --data-source and --data-dir to "
+                        "read it where training did)")
     images, labels = ds.x_test[:run["test_limit"]], ds.y_test[:run["test_limit"]]
 
     logits = jax.jit(engine.predict_logits, static_argnums=0)(config, state.params, hyper, images)

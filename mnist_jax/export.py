@@ -7,7 +7,8 @@ from pathlib import Path
 from mnist_jax import checkpoint, metrics, records
 from mnist_jax.workdir import load_sweep_member, prepare_workdir, read_metrics, read_sweep, recipe, run_description
 
-DATA_RECORD = ("dataset", "test_limit", "validation", "data_location")  # the parts of a sweep's run record that a member shares
+# The parts of a sweep's run record that a member shares (content: where the sweep's record has it).
+DATA_RECORD = ("dataset", "content", "test_limit", "validation", "data_location")
 
 
 def export_member(sweep_dir: Path, spec: str, to: Path) -> int:
@@ -15,7 +16,7 @@ def export_member(sweep_dir: Path, spec: str, to: Path) -> int:
     run = read_sweep(sweep_dir)
     config, hyper, state, step, member, index = load_sweep_member(sweep_dir, spec)
     description = run_description(config, member["activation"], member["lr"], member["seed"],
-                                  {key: run[key] for key in DATA_RECORD})
+                                  {key: run[key] for key in DATA_RECORD if key in run})
     prepare_workdir(Path(to), description, fresh=False)
     rows = [metrics.member_row(row, index) for row in read_metrics(Path(sweep_dir) / "metrics.jsonl", step)]
     records.write_rows(Path(to) / "metrics.jsonl", rows)

@@ -138,8 +138,8 @@ def _prepare(workdir: Path, description: dict, fresh: bool) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if run_file.exists():
         stored = read_run(workdir)
-        if _identity(stored) != _identity(description):
-            diffs = _differences(_identity(stored), _identity(description))
+        if _identity(stored, stored) != _identity(description, stored):
+            diffs = _differences(_identity(stored, stored), _identity(description, stored))
             raise UserError(f"workdir {workdir} holds a different run ({diffs}): choose another --workdir (left "
                             "out, each configuration gets its own), or pass --fresh to delete that run's record, "
                             "metrics, checkpoints and evaluations")
@@ -148,10 +148,11 @@ def _prepare(workdir: Path, description: dict, fresh: bool) -> None:
     records.write_json(run_file, description)
 
 
-def _identity(run: dict) -> dict:
+def _identity(run: dict, stored: dict) -> dict:
     """What must match for a workdir to resume: all of the record but where the data was read from (a data
-    directory may move; its content is checked as it loads)."""
-    return {k: v for k, v in run.items() if k != "data_location"}
+    directory may move; the digest of its content must not change), and but the digest where the `stored` record
+    predates it."""
+    return {k: v for k, v in run.items() if k != "data_location" and (k != "content" or k in stored)}
 
 
 def _differences(stored: dict, wanted: dict, prefix: str = "") -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import checkpoint, cli, engine, evaluate, loop, records, sweep, train
+from mnist_jax.data import write_idx
 from mnist_jax.models import MODELS
 from mnist_jax.workdir import hold, load_sweep_member
 
@@ -296,3 +297,34 @@ def test_where_an_epoch_is_cut_into_pieces_does_not_change_a_bit(model, small_mn
         return state.params
 
     chex.assert_trees_all_equal(train_in([(0, 5), (5, 5)]), train_in([(0, 3), (3, 1), (4, 6)]))
+
+
+def test_evaluate_and_resume_refuse_other_data_than_the_run_was_trained_and_tested_on(mnist, tmp_path, capsys):
+    copies = {"same": mnist.y_test, "other": (mnist.y_test + 1) % 10}  # other: the test labels changed
+    for folder, test_labels in copies.items():
+        (tmp_path / folder).mkdir()
+        for name, array in (("train-images-idx3-ubyte", mnist.x_train), ("train-labels-idx1-ubyte", mnist.y_train),
+                            ("t10k-images-idx3-ubyte", mnist.x_test), ("t10k-labels-idx1-ubyte", test_labels)):
+            write_idx(tmp_path / folder / name, array)
+    workdir = tmp_path / "run"
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0  # the bundled copy
+    assert json.loads((workdir / "run.json").read_text())["content"] == mnist.content()
+    # Another copy of the same data is fine; other data is one line, for evaluate and for a resume alike.
+    assert run(evaluate.main, "--workdir", workdir, "--data-source", "idx", "--data-dir", tmp_path / "same") == 0
+    capsys.readouterr()
+    assert run(evaluate.main, "--workdir", workdir, "--data-source", "idx", "--data-dir", tmp_path / "other") == 2
+    assert "are not those" in last_error_line(capsys)
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir, "--data-source", "idx",
+               "--data-dir", tmp_path / "other") == 2
+    assert "content.test" in last_error_line(capsys)
+
+
+def test_a_run_recorded_before_data_digests_still_resumes(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    record = json.loads((workdir / "run.json").read_text())
+    del record["content"]
+    (workdir / "run.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert "already holds a finished run" in capsys.readouterr().out
