@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import jax
 
-    from mnist_jax import engine, sweep
+    from mnist_jax import engine
     from mnist_jax.data import load_bundled
     from mnist_jax.report import environment
 

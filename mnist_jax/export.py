@@ -31,7 +31,7 @@ def export_member(sweep_dir: Path, spec: str, to: Path) -> int:
     if rows:
         summary = {"model": config.model, "activation": member["activation"], "seed": member["seed"],
                    "hyperparameters": recipe(config, member["lr"]),
-                   "epochs": step, **{k: rows[-1][k] for k in metrics.metric_names(rows[-1])},
+                   "epochs": step, **metrics.metric_columns(rows[-1]),
                    "diverged": bool(state.diverged), "exported_from": str(sweep_dir)}
         records.write_json(Path(to) / "summary.json", summary)
     print(f"exported member {member['activation']},{member['seed']},{member['lr']:g} of {sweep_dir} at epoch {step} "

@@ -52,6 +52,11 @@ def metric_names(row: Mapping[str, Any]) -> list[str]:
     return [f"{split}_{metric}" for split in SPLITS for metric in METRICS if f"{split}_{metric}" in row]
 
 
+def metric_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The `<split>_<metric>` columns of a row (or a sweep member of one) with their values, as summaries hold them."""
+    return {name: row[name] for name in metric_names(row)}
+
+
 def selection_score(row: dict) -> tuple[str, float]:
     """(metric, value) that ranks this epoch's checkpoint: validation accuracy (a sweep's mean over members), or
     the epoch itself where there is no validation split, so that the best is the latest."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_jax import records
-from mnist_jax.metrics import SELECTION, metric_names
+from mnist_jax.metrics import SELECTION, metric_columns
 
 THRESHOLDS = (0.99, 0.98)  # epochs to reach these validation accuracies measure convergence
 # A member that ends no better than this (twice chance for ten classes) without diverging has stalled: dead units or
@@ -35,7 +35,7 @@ def member_results(rows: list[dict]) -> list[dict]:
         diverged_at = next((row["epoch"] for row, m in zip(rows, history) if m["diverged"]), None)
         accuracy = final.get(SELECTION, final["test_accuracy"])
         entry = {"activation": final["activation"], "seed": final["seed"], "lr": final["lr"],
-                 **{k: final[k] for k in metric_names(final)},
+                 **metric_columns(final),
                  "diverged": bool(final["diverged"]), "diverged_epoch": diverged_at,
                  "stalled": not final["diverged"] and accuracy <= STALLED_ACCURACY}
         for threshold in THRESHOLDS:

@@ -93,7 +93,7 @@ def train(args, held: contextlib.ExitStack) -> int:
     final = rows[-1]
     summary = {"model": args.model, "activation": args.activation, "seed": args.seed,
                "hyperparameters": recipe(config, lr),
-               "epochs": config.epochs, **{k: final[k] for k in metrics.metric_names(final)},
+               "epochs": config.epochs, **metrics.metric_columns(final),
                "diverged": final["diverged"],
                "devices_used": n_devices, "conv": config.conv if config.model == "lenet" else None,
                "train_seconds": round(sum(r["epoch_seconds"] for r in rows), 2),

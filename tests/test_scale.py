@@ -17,11 +17,10 @@ from pathlib import Path
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from mnist_jax import cli, engine, evaluate, predict, sweep
-from mnist_jax.workdir import load_run, load_sweep_member
+from mnist_jax.workdir import load_sweep_member
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "2048", "--test-limit", "512",
