@@ -102,11 +102,7 @@ class _StopRequests:
 
     def requested(self) -> bool:
         """Whether to stop, agreed by every process (process 0's word counts)."""
-        if jax.process_count() == 1:
-            return self.signal is not None
-        from jax.experimental import multihost_utils
-
-        return bool(multihost_utils.broadcast_one_to_all(np.int32(self.signal is not None)))
+        return distributed.primary_says(self.signal is not None)
 
 
 def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dict], bool]:
