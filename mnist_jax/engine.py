@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from mnist_jax.metrics import epoch_means
 from mnist_jax.models import ACTIVATIONS, default_conv, make_model
 
 # A batch loss this far above chance (ln 10) means the member has blown up, not that it is learning slowly.
@@ -212,9 +213,7 @@ def train_epoch(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Ar
 
 def end_epoch(config: Config, state: TrainState, sums: dict):
     """The epoch count advanced, and the epoch's mean batch loss and accuracy from its summed pieces."""
-    n = config.steps_per_epoch
-    return state.replace(epoch=state.epoch + 1), {"loss": sums["loss_sum"] / n,
-                                                  "accuracy": sums["correct"] / (n * config.batch_size)}
+    return state.replace(epoch=state.epoch + 1), epoch_means(sums, config.steps_per_epoch, config.batch_size)
 
 
 def predict_logits(config: Config, params, hyper: Hyper, images: jax.Array) -> jax.Array:

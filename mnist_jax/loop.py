@@ -188,8 +188,7 @@ def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dic
                 state = state.replace(epoch=state.epoch + 1)
                 jax.block_until_ready(state)
                 seconds = time.time() - epoch_started + (compile_seconds if epoch == 1 else 0.0)
-                train = {"loss": sums["loss_sum"] / run.steps_per_epoch,
-                         "accuracy": sums["correct"] / (run.steps_per_epoch * run.batch_size)}
+                train = metrics.epoch_means(sums, run.steps_per_epoch, run.batch_size)
                 by_split, diverged = distributed.to_host((run.evaluate(state), state.diverged))
                 row = metrics.make_row(epoch, {"train": train, **by_split}, run.learning_rate(epoch), diverged,
                                        seconds, run.steps_per_epoch * run.batch_size * len(run.members or [None]),

@@ -24,6 +24,12 @@ def columns(by_split: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {f"{split}_{metric}": by_split[split][metric] for split in SPLITS if split in by_split for metric in METRICS}
 
 
+def epoch_means(sums: Mapping[str, Any], steps: int, batch_size: int) -> dict[str, Any]:
+    """An epoch's training loss and accuracy (as trained) from the sums of its pieces: the mean batch loss, and the
+    share of its `steps` batches' images predicted correctly."""
+    return {"loss": sums["loss_sum"] / steps, "accuracy": sums["correct"] / (steps * batch_size)}
+
+
 def make_row(epoch: int, by_split: Mapping[str, Mapping[str, Any]], learning_rate: Any, diverged: Any,
              seconds: float, images: int, members: Sequence[Mapping[str, Any]] | None = None) -> dict:
     """An epoch's metrics.jsonl row; with `members` every value has a leading member axis (padding past the end).
