@@ -23,7 +23,7 @@ from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 
 from mnist_jax import metrics
-from mnist_jax.workdir import member_name
+from mnist_jax.workdir import member_name, recipe
 
 DIRECTORY = "tb"
 TIMING = {"epoch_seconds": "time/epoch_seconds", "images_per_second": "time/images_per_second"}
@@ -37,11 +37,11 @@ def scalars(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 def hparams(config: Any, member: Mapping[str, Any]) -> dict:
-    """What the HParams tab compares for one member: activation, seed, lr and the recipe (`config`, an
-    engine.Config) it was trained with."""
+    """What the HParams tab compares for one member: activation, seed, lr, the model and the recipe (`config`, an
+    engine.Config) it was trained with, as summaries record it (but the MLP's hidden sizes, a list)."""
+    trained = {k: v for k, v in recipe(config, member["lr"]).items() if k not in ("learning_rate", "hidden")}
     return {"activation": member["activation"], "seed": member["seed"], "lr": member["lr"], "model": config.model,
-            "optimizer": config.optimizer, "schedule": config.schedule, "weight_decay": config.weight_decay,
-            "batch_size": config.batch_size, "epochs": config.epochs}
+            **trained}
 
 
 class Board:
