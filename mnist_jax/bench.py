@@ -18,20 +18,26 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import cli
+from mnist_jax import cli, distributed, engine, population, settings
+from mnist_jax.data import load_bundled
+from mnist_jax.loop import pieces
+from mnist_jax.models import MODELS
+from mnist_jax.report import environment
 
 TORCH_REFERENCE = Path(__file__).resolve().parents[1] / "experiments" / "torch_reference.py"
 
 
 def parse_args(argv):
     parser = cli.Parser(prog="python -m mnist_jax.bench", description=__doc__.split(":", 1)[1].strip())
-    parser.add_argument("--epochs", type=cli.positive_int, default=3, help="timed epochs per measurement, after "
+    parser.add_argument("--epochs", type=settings.positive_int, default=3, help="timed epochs per measurement, after "
                         "one warm-up epoch; the fastest is reported (default: %(default)s)")
-    parser.add_argument("--seeds", type=cli.positive_int, default=5,
+    parser.add_argument("--seeds", type=settings.positive_int, default=5,
                         help="sweep members are 3 activations x this many seeds (default: %(default)s)")
-    parser.add_argument("--train-limit", type=cli.positive_int, default=None,
+    parser.add_argument("--train-limit", type=settings.positive_int, default=None,
                         help="first N training images only (smoke runs)")
     parser.add_argument("--torch-python", default=None,
                         help="a Python interpreter with torch for the reference (default: this one, if it can "
@@ -41,10 +47,36 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def recipe(model: str, train_size: int, **overrides) -> engine.Config:
+    """The default recipe of `model` (settings.SETTINGS) on `train_size` images."""
+    return settings.config({"model": model, **overrides}, train_size)
+
+
+def one_member(activation: str = "relu", lr: float = 2e-3, seed: int = 0) -> engine.Hyper:
+    return settings.hyper({"activation": activation, "lr": lr, "seed": seed})
+
+
+def whole_epoch(config: engine.Config):
+    """One epoch of one member as a single program (train runs it in pieces): (state, hyper, x, y) -> (state, sums)."""
+    def epoch(state, hyper, x, y):
+        state, sums = engine.train_steps(config, state, hyper, x, y, engine.epoch_order(config, state), 0,
+                                         config.steps_per_epoch)
+        return engine.next_epoch(state), sums
+    return epoch
+
+
+def population_epoch(config: engine.Config, shared_order: bool, vmap_chunk: int | None, mesh):
+    """One epoch of stacked members as a single program: (state, hyper, x, y) -> (state, sums)."""
+    steps = population.train_steps(config, shared_order, vmap_chunk, mesh)
+
+    def epoch(state, hyper, x, y):
+        state, sums = steps(state, hyper, x, y, population.orders(config)(state), 0, config.steps_per_epoch)
+        return engine.next_epoch(state), sums
+    return epoch
+
+
 def timed_epochs(compiled, state, args, epochs: int, warm_up: bool = True) -> tuple[float, object]:
     """Fastest of `epochs` timed epochs, after one warm-up epoch unless the program has already run."""
-    import jax
-
     if warm_up:
         state, _ = compiled(state, *args)
         jax.block_until_ready(state)
@@ -68,9 +100,6 @@ def training_flops_per_image(model: str, hidden: tuple[int, ...] = (256, 128)) -
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
-
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     matmul = jax.jit(lambda a: a @ a)
     matmul(a).block_until_ready()
@@ -84,19 +113,14 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 def compile_probe(model: str) -> dict:
     """Compiles everything `train` compiles for `model`; run in a fresh process to see cold vs cached."""
-    import jax
-    import jax.numpy as jnp
-
-    from mnist_jax import engine
-
-    config = engine.Config(model=model)
-    hyper = engine.Hyper.create("relu", 1e-3, 0)
+    config = recipe(model, 55000)
+    hyper = one_member("relu", 1e-3, 0)
     x = jnp.zeros((config.train_size, 28, 28), jnp.uint8)
     y = jnp.zeros((config.train_size,), jnp.int32)
     started = time.perf_counter()
     state = jax.jit(engine.init_member, static_argnums=0)(config, hyper)
     epoch_started = time.perf_counter()
-    jax.jit(functools.partial(engine.train_epoch, config)).lower(state, hyper, x, y).compile()
+    jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     epoch_seconds = time.perf_counter() - epoch_started
     jax.jit(engine.evaluate, static_argnums=0).lower(config, state.params, hyper, x[:10000], y[:10000]).compile()
     return {"compile_seconds": time.perf_counter() - started, "epoch_compile_seconds": epoch_seconds}
@@ -122,16 +146,10 @@ def measure_compile(model: str) -> dict:
 def measure_pieces(x, y, epochs: int) -> dict:
     """A LeNet epoch as one program against the same epoch in the pieces `train` runs (loop.pieces, a host sync
     after each): the cost of being able to stop within seconds. Alternated, fastest of `epochs` each."""
-    import jax
-
-    from mnist_jax import distributed, engine
-    from mnist_jax.loop import pieces
-    from mnist_jax.models import MODELS
-
-    config = engine.Config(model="lenet", train_size=len(y))
-    hyper = engine.Hyper.create("relu", 2e-3, 0)
+    config = recipe("lenet", len(y))
+    hyper = one_member()
     state = engine.init_member(config, hyper)
-    whole = jax.jit(functools.partial(engine.train_epoch, config)).lower(state, hyper, x, y).compile()
+    whole = jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     plan = pieces(config.steps_per_epoch, 1, MODELS["lenet"].piece_member_steps)
     order = jax.jit(functools.partial(engine.epoch_order, config))
     programs = {n: jax.jit(functools.partial(engine.train_steps, config, steps=n)).lower(
@@ -142,7 +160,7 @@ def measure_pieces(x, y, epochs: int) -> dict:
         for first, n in plan:
             state, sums = programs[n](state, hyper, x, y, orders, np.int32(first))
             distributed.to_host(sums)
-        return state.replace(epoch=state.epoch + 1), None
+        return engine.next_epoch(state), None
 
     best = {"whole": float("inf"), "pieces": float("inf")}
     for _ in range(epochs + 1):  # the first round warms both up
@@ -161,21 +179,16 @@ def measure_sweep_pieces(x, y, rounds: int) -> dict:
     """What the pieces beyond ten of a large sweep's epoch cost (the loop adds them so that the bar moves within
     seconds). Pieces of 1, 2 and 4 times the plan's length are timed interleaved (fastest of `rounds`) and fitted as
     seconds = fixed + per_step * length; the cost is the extra pieces' fixed part against a ten-piece epoch."""
-    import jax
-
-    from mnist_jax import distributed, engine, sweep
-    from mnist_jax.loop import pieces
-    from mnist_jax.models import MODELS
-
     results = {}
     for model, count in LARGE_SWEEPS.items():
-        config = engine.Config(model=model, train_size=len(y))
+        config = recipe(model, len(y))
         steps = config.steps_per_epoch
-        members = [sweep.Member(("elu", "relu", "leaky_relu")[i % 3], i // 3, 2e-3) for i in range(count)]
-        hyper, mesh = sweep.stacked_hyper(members), sweep.member_mesh()
-        state = sweep.init_stacked(config, hyper, shared_order=False)
-        orders = jax.jit(sweep.sweep_orders(config))(state)
-        train = sweep.sweep_steps(config, False, sweep.default_vmap_chunk(), mesh)
+        members = [{"activation": ("elu", "relu", "leaky_relu")[i % 3], "seed": i // 3, "lr": 2e-3}
+                   for i in range(count)]
+        hyper, mesh = settings.hyper(members), population.member_mesh()
+        state = population.init(config, hyper, shared_order=False)
+        orders = jax.jit(population.orders(config))(state)
+        train = population.train_steps(config, False, population.default_vmap_chunk(), mesh)
         plan = pieces(steps, count, MODELS[model].piece_member_steps)
         length = max(n for _, n in plan)
         lengths = sorted({min(k * length, steps) for k in (1, 2, 4)})
@@ -206,27 +219,23 @@ SWEEP_STRATEGIES = {"vmap of all": (None, False), "vmap of all, --shared-order":
 def measure_sweep(x, y, seeds: int) -> dict:
     """One LeNet epoch of 3 activations x `seeds` members: each as a single run (the program train runs), summed,
     and as one sweep program in each of SWEEP_STRATEGIES; one timed epoch each."""
-    import jax
-
-    from mnist_jax import engine, sweep
-
-    config = engine.Config(model="lenet", train_size=len(y))
-    members = [sweep.Member(a, s, 2e-3) for a in ("elu", "relu", "leaky_relu") for s in range(seeds)]
-    runs = [engine.Hyper.create(m.activation, m.lr, m.seed) for m in members]
-    single = jax.jit(functools.partial(engine.train_epoch, config)).lower(
+    config = recipe("lenet", len(y))
+    members = [{"activation": a, "seed": s, "lr": 2e-3} for a in ("elu", "relu", "leaky_relu") for s in range(seeds)]
+    runs = [settings.hyper(m) for m in members]
+    single = jax.jit(whole_epoch(config)).lower(
         engine.init_member(config, runs[0]), runs[0], x, y).compile()
     sequential = sum(timed_epochs(single, engine.init_member(config, hyper), (hyper, x, y), 1, warm_up=i == 0)[0]
                      for i, hyper in enumerate(runs))
-    hyper, mesh = sweep.stacked_hyper(members), sweep.member_mesh()
+    hyper, mesh = settings.hyper(members), population.member_mesh()
     strategies = {}
     for name, (chunk, shared_order) in SWEEP_STRATEGIES.items():
-        state = sweep.init_stacked(config, hyper, shared_order=shared_order)
-        compiled = jax.jit(sweep.sweep_epoch(config, shared_order, chunk, mesh)).lower(state, hyper, x, y).compile()
+        state = population.init(config, hyper, shared_order=shared_order)
+        compiled = jax.jit(population_epoch(config, shared_order, chunk, mesh)).lower(state, hyper, x, y).compile()
         seconds = timed_epochs(compiled, state, (hyper, x, y), 1, warm_up=False)[0]
         strategies[name] = {"vmap_chunk": chunk, "shared_order": shared_order, "epoch_seconds": seconds,
                             "ratio_to_sequential": seconds / sequential}
     return {"members": len(members), "sequential_epoch_seconds": sequential, "strategies": strategies,
-            "default_vmap_chunk": sweep.default_vmap_chunk()}
+            "default_vmap_chunk": population.default_vmap_chunk()}
 
 
 def run_torch(python: str | None, x, y, epochs: int) -> dict | None:
@@ -234,8 +243,6 @@ def run_torch(python: str | None, x, y, epochs: int) -> dict | None:
         if importlib.util.find_spec("torch") is None:
             return None
         python = sys.executable
-    import numpy as np
-
     if not TORCH_REFERENCE.exists():
         print(f"note: {TORCH_REFERENCE} is missing (run from a clone of the repository); no PyTorch reference",
               file=sys.stderr)
@@ -263,12 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(compile_probe(args.compile_probe)))
         return 0
 
-    import jax
-
-    from mnist_jax import engine
-    from mnist_jax.data import load_bundled
-    from mnist_jax.report import environment
-
     ds = load_bundled()
     x_np, y_np = ds.x_train[:args.train_limit], ds.y_train[:args.train_limit]
     x, y = jax.device_put((x_np, y_np))
@@ -279,19 +280,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["matmul_peak_gflops"] = matmul_peak_gflops()
     single = {}
     for model in ("mlp", "lenet"):
-        config = engine.Config(model=model, train_size=len(y_np))
-        hyper = engine.Hyper.create("relu", 2e-3, 0)
+        config = recipe(model, len(y_np))
+        hyper = one_member()
         state = engine.init_member(config, hyper)
-        compiled = jax.jit(functools.partial(engine.train_epoch, config)).lower(state, hyper, x, y).compile()
+        compiled = jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
         seconds, _ = timed_epochs(compiled, state, (hyper, x, y), args.epochs)
         images = config.steps_per_epoch * config.batch_size
         single[model] = seconds
         results[model] = {"epoch_seconds": seconds, "images_per_second": images / seconds,
                           "gflops_per_second": training_flops_per_image(model) * images / seconds / 1e9}
 
-    config = engine.Config(model="lenet", train_size=len(y_np), conv="lax")
+    config = recipe("lenet", len(y_np), conv="lax")
     state = engine.init_member(config, hyper)
-    compiled = jax.jit(functools.partial(engine.train_epoch, config)).lower(state, hyper, x, y).compile()
+    compiled = jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     results["lenet"]["lax_conv_epoch_seconds"] = timed_epochs(compiled, state, (hyper, x, y), 1)[0]
     results["lenet_pieces"] = measure_pieces(x, y, args.epochs)
     results["lenet_sweep"] = measure_sweep(x, y, args.seeds)

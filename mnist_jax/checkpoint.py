@@ -7,8 +7,12 @@ on a TPU or GPU restores on a CPU, and a sweep's stacked state restores onto wha
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,33 +50,48 @@ def open_partial(directory: str | os.PathLike) -> ocp.CheckpointManager:
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metrics: dict) -> None:
     """Saves `state` and its JSON metadata as step `step`; `metrics` rank it for the best-kept policy.
 
-    A failed write raises here; what Orbax's and TensorStore's threads print about it meanwhile (a traceback each)
-    is kept off the terminal, so the caller can say it in one line.
+    A failed write raises here, for the caller to say in one line; what Orbax's and TensorStore's threads print about
+    it meanwhile (a traceback each) is dropped. What a save that succeeds prints still reaches stderr.
     """
-    with _stderr_silenced():
+    with _quiet_unless_ok():
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                      metrics={k: float(v) for k, v in metrics.items()})
 
 
 @contextlib.contextmanager
-def _stderr_silenced():
+def _quiet_unless_ok():
+    """Holds back stderr and the absl and asyncio loggers for the block: replayed if it succeeds, dropped if it
+    raises (asyncio logs the abandoned write task again when it is collected, so that happens inside too)."""
     sys.stderr.flush()
     saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    failed = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            gc.collect()
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+            if not failed:
+                held.seek(0)
+                text = held.read().decode(errors="replace")
+                if text:
+                    sys.stderr.write(text)
 
 
 def discard_partial(manager: ocp.CheckpointManager, step: int) -> None:
     """Removes what a failed save of `step` left (its temporary folder), giving back the space it took."""
-    import shutil
-
     for partial in Path(manager.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
         shutil.rmtree(partial, ignore_errors=True)
 

@@ -181,6 +181,7 @@ def load_tfds(name: str = "mnist", data_dir: str | os.PathLike | None = None) ->
     A download is only attempted with TensorFlow installed and the network reachable, so a machine without
     either gets a clear error at once instead of minutes of retries.
     """
+    # Imported here, for the tfds source alone: it adds about 0.3 s to every start (python -X importtime).
     import tensorflow_datasets as tfds
 
     tfds_dir = Path(data_dir) if data_dir else _default_tfds_dir()
@@ -251,3 +252,42 @@ def split_validation(n_train: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     keep = np.ones(n_train, bool)
     keep[held_out] = False
     return np.flatnonzero(keep), np.sort(held_out)
+
+
+def load_splits(dataset: str, source: str, data_dir: Path | None, validation_size: int, train_limit: int | None,
+                test_limit: int | None, batch_size: int) -> tuple[Dataset, dict, dict, str]:
+    """(dataset, {split: (images, labels)}, the data part of the run record, a line saying what is used).
+
+    The validation images are held out of the training images by `split_validation`, the same for every run;
+    `train_limit` then takes the first N of the rest and `test_limit` the first N test images.
+    """
+    ds = load_dataset(source, dataset, data_dir)
+    if validation_size >= len(ds.y_train):
+        raise UserError(f"--validation-size {validation_size} is not smaller than the {len(ds.y_train)} "
+                        "training images: choose a smaller one (0 turns validation off)")
+    train, validation = split_validation(len(ds.y_train), validation_size)
+    train = train[:train_limit]
+    if len(train) < batch_size:
+        raise UserError(f"{len(train)} training images remain after --validation-size {validation_size}"
+                        + (f" and --train-limit {train_limit}" if train_limit else "")
+                        + f", fewer than one batch of {batch_size}: hold out fewer images or choose a smaller "
+                          "--batch-size")
+    splits = {"train": (ds.x_train[train], ds.y_train[train])}
+    if len(validation):
+        splits["val"] = (ds.x_train[validation], ds.y_train[validation])
+    splits["test"] = (ds.x_test[:test_limit], ds.y_test[:test_limit])
+    counts = ", ".join(f"{len(labels)} {name}" for name, (_, labels) in splits.items())
+    dropped = len(train) % batch_size
+    line = f"data: {ds.describe()}; using {counts}" + (
+        f" (an epoch trains on {len(train) - dropped} of the {len(train)}: whole batches of {batch_size}, "
+        "in a new order each epoch)" if dropped else "")
+    record = {"dataset": dataset, "content": ds.content(), "test_limit": test_limit,
+              "validation": {"images": len(validation), "permutation_seed": VALIDATION_SEED},
+              "data_location": {"source": source, "dir": str(Path(data_dir).resolve()) if data_dir else None}}
+    return ds, splits, record, line
+
+
+def image_counts(splits: dict) -> dict[str, int]:
+    """How many images each split holds, as summaries and results record them (0 validation images: none)."""
+    return {"train_images": len(splits["train"][1]), "validation_images": len(splits.get("val", ((), ()))[1]),
+            "test_images": len(splits["test"][1])}

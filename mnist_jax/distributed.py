@@ -7,37 +7,28 @@ On CPU the processes talk through gloo collectives, so the same code runs as sev
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
+import socket
 import sys
+import time
 from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from mnist_jax.errors import UserError
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
-def add_args(parser: argparse.ArgumentParser) -> None:
-    from mnist_jax.cli import positive_int
-
-    group = parser.add_argument_group(
-        "several processes (hosts)", "give all three to every process; with none, a TPU pod slice, SLURM or Open MPI "
-        "is detected by JAX itself, and a single host needs nothing")
-    group.add_argument("--coordinator-address", metavar="HOST:PORT", default=None,
-                       help="where process 0 listens; the same for every process")
-    group.add_argument("--num-processes", type=positive_int, default=None, help="how many processes in all")
-    group.add_argument("--process-id", type=int, default=None, help="this process, 0 .. N-1")
-    group.add_argument("--distributed-timeout", type=positive_int, default=120, metavar="SECONDS",
-                       help="how long to wait for every process to join (default: %(default)s)")
-
-
-def initialize(args: argparse.Namespace) -> None:
-    """Joins the distributed runtime the flags (or the cluster's environment) describe; else does nothing."""
-    import jax
-
-    given = {"--coordinator-address": args.coordinator_address, "--num-processes": args.num_processes,
-             "--process-id": args.process_id}
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, timeout: int = 120) -> None:
+    """Joins the distributed runtime these describe (all three given, the same address and count on every process)
+    or the cluster's environment does (a TPU pod slice, SLURM, Open MPI); else does nothing."""
+    given = {"--coordinator-address": coordinator_address, "--num-processes": num_processes,
+             "--process-id": process_id}
     if all(value is None for value in given.values()):
         _initialize_if_detected()
     else:
@@ -45,17 +36,17 @@ def initialize(args: argparse.Namespace) -> None:
         if missing:
             raise UserError(f"{', '.join(missing)} missing: --coordinator-address, --num-processes and "
                             "--process-id go together, on every process")
-        if not _ADDRESS.match(args.coordinator_address) or int(_ADDRESS.match(args.coordinator_address)[2]) > 65535:
-            raise UserError(f"--coordinator-address {args.coordinator_address!r} is not HOST:PORT, e.g. "
+        address = _ADDRESS.match(coordinator_address)
+        if not address or int(address[2]) > 65535:
+            raise UserError(f"--coordinator-address {coordinator_address!r} is not HOST:PORT, e.g. "
                             "10.0.0.1:1234 or localhost:1234")
-        if not 0 <= args.process_id < args.num_processes:
-            raise UserError(f"--process-id {args.process_id} must be in 0 .. {args.num_processes - 1} "
-                            f"(--num-processes {args.num_processes})")
-        host, port = args.coordinator_address.rsplit(":", 1)
-        rendezvous(host.strip("[]"), int(port), args.num_processes, args.process_id, args.distributed_timeout)
+        if not 0 <= process_id < num_processes:
+            raise UserError(f"--process-id {process_id} must be in 0 .. {num_processes - 1} "
+                            f"(--num-processes {num_processes})")
+        host, port = coordinator_address.rsplit(":", 1)
+        rendezvous(host.strip("[]"), int(port), num_processes, process_id, timeout)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                                   initialization_timeout=args.distributed_timeout)
+        jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout)
     if jax.process_index() != 0:
         sys.stdout = open(os.devnull, "w")  # process 0 speaks for the run; errors still reach stderr
 
@@ -67,9 +58,6 @@ def rendezvous(host: str, port: int, num_processes: int, process_id: int, timeou
     Process 0 listens on the coordinator's port and waits for the others to say (process count, id); it answers
     each "ok" once all have come, or the problem. The port is free again for JAX's service afterwards.
     """
-    import socket
-    import time
-
     deadline = time.monotonic() + timeout
     hint = ("start every process with the same --coordinator-address and --num-processes and its own "
             "--process-id")
@@ -138,8 +126,6 @@ def rendezvous(host: str, port: int, num_processes: int, process_id: int, timeou
 def _initialize_if_detected() -> None:
     """JAX's own detection of a TPU pod slice, SLURM or Open MPI; a plain host, or a process whose JAX is already
     running (a notebook, a library call), stays a single process."""
-    import jax
-
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize()
@@ -152,17 +138,11 @@ def _initialize_if_detected() -> None:
 
 def is_primary() -> bool:
     """Whether this process writes the human-facing record."""
-    import jax
-
     return jax.process_index() == 0
 
 
 def primary_says(ok: bool) -> bool:
     """Process 0's `ok`, on every process: how the others learn that a step only process 0 takes went well."""
-    import jax
-    import numpy as np
-    from jax.experimental import multihost_utils
-
     if jax.process_count() == 1:
         return ok
     return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
@@ -170,9 +150,6 @@ def primary_says(ok: bool) -> bool:
 
 def put(tree: Any, sharding) -> Any:
     """Host arrays (the same on every process) -> global arrays laid out by `sharding`."""
-    import jax
-    import numpy as np
-
     def one(leaf):
         leaf = np.asarray(leaf)
         return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
@@ -182,9 +159,6 @@ def put(tree: Any, sharding) -> Any:
 
 def to_host(tree: Any) -> Any:
     """Global arrays -> NumPy arrays with every process's part, on every process."""
-    import jax
-    from jax.experimental import multihost_utils
-
     if jax.process_count() == 1:
         return jax.device_get(tree)
     return multihost_utils.process_allgather(tree, tiled=True)

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mnist_jax.metrics import epoch_means
-from mnist_jax.models import ACTIVATIONS, default_conv, make_model
+from mnist_jax.models import make_model
 
 # A batch loss this far above chance (ln 10) means the member has blown up, not that it is learning slowly.
 DIVERGENCE_LOSS = 10 * math.log(10)
@@ -66,48 +65,33 @@ SCHEDULES = {"warmup-cosine": _warmup_cosine, "constant": _constant}
 class Config:
     """Everything that shapes the compiled program; hashable, so it is a static argument of `jit`.
 
-    Its field defaults are the project's defaults: the command-line flags read them from here. `weight_decay` None
-    means the optimizer's own default (OPTIMIZERS), filled in on creation; `conv` "auto" means the convolution form
-    made for this backend (models.default_conv). The form is how LeNet is computed, not what it computes, so it is
-    no part of a run's identity (workdir.run_description leaves it out).
+    The fields a user sets are declared, with their defaults, in mnist_jax.settings (settings.config fills in what
+    a default stands for: the optimizer's weight decay, this backend's convolution form). `conv` is how LeNet is
+    computed, not what it computes, so it is no part of a run's identity.
     """
 
-    model: str = "lenet"
-    hidden: tuple[int, ...] = (256, 128)
-    batch_size: int = 128
-    epochs: int = 12
-    train_size: int = 55000
-    optimizer: str = "adamw"
-    schedule: str = "warmup-cosine"
-    weight_decay: float | None = None
+    model: str
+    hidden: tuple[int, ...]
+    batch_size: int
+    epochs: int
+    train_size: int
+    optimizer: str
+    schedule: str
+    weight_decay: float
+    dtype: str
+    conv: str
     warmup_epochs: float = 1.0
-    dtype: str = "float32"
-    conv: str = "auto"
     eval_batch_size: int = 1000
-
-    def __post_init__(self):
-        if self.weight_decay is None:
-            object.__setattr__(self, "weight_decay", OPTIMIZERS[self.optimizer].weight_decay)
-        if self.conv == "auto":
-            object.__setattr__(self, "conv", default_conv())
 
     @property
     def steps_per_epoch(self) -> int:
         return self.train_size // self.batch_size
 
 
-@struct.dataclass
-class Hyper:
-    """One member's hyperparameters as arrays: activation index into ACTIVATIONS, peak learning rate, seed."""
-
-    activation: jax.Array
-    learning_rate: jax.Array
-    seed: jax.Array
-
-    @classmethod
-    def create(cls, activation: str | int, learning_rate: float, seed: int) -> "Hyper":
-        index = ACTIVATIONS.index(activation) if isinstance(activation, str) else activation
-        return cls(jnp.int32(index), jnp.float32(learning_rate), jnp.uint32(seed))
+# One member's hyperparameters as arrays, keyed by the names of the member settings (mnist_jax.settings): the
+# activation's index into models.ACTIVATIONS ("activation"), the peak learning rate ("lr") and the seed ("seed").
+# Stacked on a leading axis they are a sweep's members.
+Hyper = dict[str, jax.Array]
 
 
 @struct.dataclass
@@ -139,28 +123,35 @@ def learning_rate(config: Config, peak: Any, epoch: int) -> Any:
     return peak * float(schedule(config)((epoch * config.steps_per_epoch) - 1))
 
 
-def _model(config: Config):
+def model(config: Config):
+    """The Flax module of `config`."""
     return make_model(config.model, config.hidden, jnp.dtype(config.dtype), config.conv)
+
+
+def apply(config: Config, params, hyper: Hyper, images: jax.Array) -> jax.Array:
+    """Logits of a batch of uint8 images."""
+    return model(config).apply(params, images, hyper["activation"])
 
 
 def init_member(config: Config, hyper: Hyper) -> TrainState:
     """Initial parameters and optimizer state from the member's seed; the data-order key is split off it."""
-    params_key, data_key = jax.random.split(jax.random.PRNGKey(hyper.seed))
-    params = _model(config).init(params_key, jnp.zeros((1, 28, 28), jnp.uint8), hyper.activation)
-    opt_state = make_optimizer(config, hyper.learning_rate).init(params)
+    params_key, data_key = jax.random.split(jax.random.PRNGKey(hyper["seed"]))
+    params = model(config).init(params_key, jnp.zeros((1, 28, 28), jnp.uint8), hyper["activation"])
+    opt_state = make_optimizer(config, hyper["lr"]).init(params)
     return TrainState(params, opt_state, data_key, jnp.int32(0), jnp.bool_(False))
 
 
-def _loss_and_logits(params, config: Config, hyper: Hyper, images, labels):
-    logits = _model(config).apply(params, images, hyper.activation)
+def loss_and_logits(params, config: Config, hyper: Hyper, images, labels):
+    """Mean cross-entropy of a batch, and its logits."""
+    logits = apply(config, params, hyper, images)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
 
 def train_step(config: Config, state: TrainState, hyper: Hyper, images, labels):
     """One optimizer step on one batch; once a member blows up its parameters freeze, so nothing non-finite spreads."""
-    (loss, logits), grads = jax.value_and_grad(_loss_and_logits, has_aux=True)(
+    (loss, logits), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(
         state.params, config, hyper, images, labels)
-    updates, opt_state = make_optimizer(config, hyper.learning_rate).update(grads, state.opt_state, state.params)
+    updates, opt_state = make_optimizer(config, hyper["lr"]).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     all_finite = lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))  # noqa: E731
     # the new parameters too: a huge weight decay overflows them from finite gradients
@@ -203,24 +194,16 @@ def train_steps(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Ar
     return state, {"loss_sum": jnp.sum(losses), "correct": jnp.sum(correct)}
 
 
-def train_epoch(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array,
-                batch_sharding: jax.sharding.Sharding | None = None):
-    """One whole epoch in one program; returns the new state and the epoch's (as trained) loss and accuracy."""
-    state, sums = train_steps(config, state, hyper, x_train, y_train, epoch_order(config, state), 0,
-                              config.steps_per_epoch, batch_sharding)
-    return end_epoch(config, state, sums)
-
-
-def end_epoch(config: Config, state: TrainState, sums: dict):
-    """The epoch count advanced, and the epoch's mean batch loss and accuracy from its summed pieces."""
-    return state.replace(epoch=state.epoch + 1), epoch_means(sums, config.steps_per_epoch, config.batch_size)
+def next_epoch(state: TrainState) -> TrainState:
+    """The state with one more epoch counted: the one place the epoch advances."""
+    return state.replace(epoch=state.epoch + 1)
 
 
 def predict_logits(config: Config, params, hyper: Hyper, images: jax.Array) -> jax.Array:
     """Logits for any number of images, in batches of `eval_batch_size` so memory stays bounded."""
     n, size = images.shape[0], config.eval_batch_size
     padded = jnp.pad(images, ((0, -n % size), (0, 0), (0, 0))).reshape(-1, size, 28, 28)
-    logits = jax.lax.map(lambda x: _model(config).apply(params, x, hyper.activation), padded)
+    logits = jax.lax.map(lambda x: apply(config, params, hyper, x), padded)
     return logits.reshape(-1, 10)[:n]
 
 

@@ -1,4 +1,4 @@
-"""TensorBoard event files: one TensorBoard run per trained member, under `<workdir>/tb/<activation>-seed<s>-lr<lr>`.
+"""TensorBoard event files: one TensorBoard run per trained member, under `<workdir>/tb/<member folder>`.
 
 Each epoch's metrics row becomes scalars at step = epoch (`train/loss`, `val/accuracy`, ..., `learning_rate`,
 `time/epoch_seconds`, `time/images_per_second`; a sweep's timing is the whole sweep's), and each run carries the
@@ -23,9 +23,7 @@ from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 
 from mnist_jax import metrics
-from mnist_jax.workdir import member_name, recipe
 
-DIRECTORY = "tb"
 TIMING = {"epoch_seconds": "time/epoch_seconds", "images_per_second": "time/images_per_second"}
 
 
@@ -36,23 +34,15 @@ def scalars(row: Mapping[str, Any]) -> dict[str, float]:
     return {tag: math.nan if row[name] is None else float(row[name]) for name, tag in tags.items() if name in row}
 
 
-def hparams(config: Any, member: Mapping[str, Any]) -> dict:
-    """What the HParams tab compares for one member: activation, seed, lr, the model and the recipe (`config`, an
-    engine.Config) it was trained with, as summaries record it (but the MLP's hidden sizes, a list)."""
-    trained = {k: v for k, v in recipe(config, member["lr"]).items() if k not in ("learning_rate", "hidden")}
-    return {"activation": member["activation"], "seed": member["seed"], "lr": member["lr"], "model": config.model,
-            **trained}
-
-
 class Board:
     """The event files of one launch: one writer per member, written once per epoch."""
 
-    def __init__(self, directory: Path, members: Sequence[Mapping[str, Any]], first_epoch: int):
-        """`members[i]` is member i's hparams (see `hparams`); epochs before `first_epoch` are trained already, and
-        any event at `first_epoch` or later is from a launch that stopped before that epoch's checkpoint."""
+    def __init__(self, directory: Path, runs: Sequence[tuple[str, Mapping[str, Any]]], first_epoch: int):
+        """`runs[i]` is member i's (run name, hparams); epochs before `first_epoch` are trained already, and any
+        event at `first_epoch` or later is from a launch that stopped before that epoch's checkpoint."""
         self._writers = []
-        for member in members:
-            run = directory / member_name(member)
+        for name, hparams in runs:
+            run = directory / name
             run.mkdir(parents=True, exist_ok=True)
             launches = len(list(run.glob("events.out.tfevents.*")))
             # Files are named by the second they were opened in (TensorBoard reads them in name order); the suffix
@@ -60,7 +50,7 @@ class Board:
             writer = EventsWriter(str(run / "events"), filename_suffix=f".{launches}")
             self._writers.append(writer)
             if not launches:
-                experiment, start, _ = summary.hparams(dict(member), dict.fromkeys(HPARAMS_METRICS, 0.0))
+                experiment, start, _ = summary.hparams(dict(hparams), dict.fromkeys(HPARAMS_METRICS, 0.0))
                 _write(writer, experiment, step=0)
                 _write(writer, start, step=0)
             # Every launch starts a session at its first epoch: TensorBoard drops the events of earlier launches from

@@ -1,65 +1,79 @@
-"""The host loop shared by train and sweep: resume, compile, run epochs in pieces, log, checkpoint. All I/O is here.
+"""The host loop shared by train and sweep: resume, run epochs in pieces, log, checkpoint. All I/O is here.
 
-An epoch runs as a few compiled pieces of consecutive steps (its batch order is derived from seed and epoch, so a
-piece boundary is a clean place to stop). Ctrl-C or SIGTERM takes effect at the next boundary: the state there is
-saved, and the same command resumes from that step, ending bit-identical to a run that was never stopped.
+What it trains is a `Trainer` (mnist_jax.trainers: one model, or a population of members). An epoch runs as a few
+compiled pieces of consecutive steps (its batch order is derived from seed and epoch, so a piece boundary is a clean
+place to stop). Ctrl-C or SIGTERM takes effect at the next boundary: the state there is saved in the workdir's
+`interrupted/`, and the same command resumes from that step, ending bit-identical to a run that was never stopped.
+That place is kept apart from the epoch checkpoints, which are ranked by validation accuracy and which evaluate and
+export read: a mid-epoch state has no score and is no model anyone asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import shutil
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from mnist_jax import checkpoint, distributed, events, metrics, records
+from mnist_jax import checkpoint, distributed, engine, events, metrics, records
 from mnist_jax.errors import Interrupted, UserError
-from mnist_jax.workdir import read_metrics
+from mnist_jax.workdir import Layout, read_metrics
 
 PIECES_PER_EPOCH = 10
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """What `fit` trains: one model, or a sweep's stacked members.
+class Trainer(Protocol):
+    """What the loop trains. `steps_per_epoch` and `batch_size` shape an epoch; an epoch runs in pieces of about
+    `piece_member_steps` steps of one member, counted over the `members_per_device` members each device trains.
+    `members` is a population's members ({setting: value} each; None for one model)."""
 
-    `order(state)` is the batch order of the epoch after `state.epoch`, computed once per epoch, and
-    `steps(state, *epoch_args, order, first, steps=n) -> (state, {"loss_sum", "correct"})` runs `n` steps of that
-    epoch from its step `first` (jitted by `fit`, once per piece length); the data travel in `epoch_args` rather than
-    inside the program. `evaluate(state)` returns {split: {metric: value}} for the held-out splits, and
-    `learning_rate(epoch)` the learning rate (one per member) of that epoch's last step. `label` names the progress
-    bar and `describe(row)` is the line printed after each epoch. `hparams` has one entry per member, naming its
-    TensorBoard run (activation, seed, lr) and what the HParams tab shows of it. An epoch runs in pieces of about
-    `piece_member_steps` steps of one member (the model's, models.MODELS), counted over the members each device
-    trains.
-    """
-
-    init: Callable[[], Any]
-    abstract: Any
-    order: Callable
-    steps: Callable
-    epoch_args: tuple
+    label: str
     steps_per_epoch: int
     batch_size: int
-    evaluate: Callable[[Any], dict]
-    learning_rate: Callable[[int], Any]
-    label: str
-    describe: Callable[[dict], str]
-    hparams: Sequence[dict]
     piece_member_steps: int
-    members_per_device: int = 1
-    members: Sequence[dict] | None = None
+    members_per_device: int
+    members: Sequence[dict] | None
+
+    def init(self) -> Any:
+        """The initial state."""
+
+    def abstract(self) -> Any:
+        """The state's shapes, dtypes and shardings, to restore a checkpoint into."""
+
+    def order(self, state) -> jax.Array:
+        """The batch order of the epoch after `state.epoch` (the loop jits it)."""
+
+    def piece(self, state, order, length: int) -> Callable:
+        """The compiled program `(state, order, first) -> (state, {"loss_sum", "correct"})` that runs `length` steps
+        of the epoch from its step `first` (`state` and `order` give the shapes)."""
+
+    def evaluate(self, state) -> dict:
+        """{split: {metric: value}} for the held-out splits."""
+
+    def learning_rate(self, epoch: int) -> Any:
+        """The learning rate (one per member) of that epoch's last step."""
+
+    def describe(self, row: dict) -> str:
+        """The line printed after each epoch."""
+
+    def board_runs(self) -> list[tuple[str, dict]]:
+        """(TensorBoard run name, hparams) of each member."""
+
+
+@dataclasses.dataclass
+class Fitted:
+    state: Any
+    rows: list[dict]
+    finished_before: bool  # the workdir held a finished run: nothing was trained
 
 
 def pieces(steps: int, members: int, member_steps: int, start: int = 0) -> list[tuple[int, int]]:
@@ -73,9 +87,203 @@ def pieces(steps: int, members: int, member_steps: int, start: int = 0) -> list[
     return [(max(first, start), end - max(first, start)) for first, end in zip(bounds, bounds[1:]) if end > start]
 
 
-def _tenths(step: int, steps: int) -> int:
-    """How many whole tenths of an epoch of `steps` steps are done after `step` steps."""
-    return PIECES_PER_EPOCH * step // steps
+def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
+    """Trains `trainer` from its latest checkpoint in `layout` to `epochs`, one metrics row per epoch.
+
+    Every process of a multi-process run calls this; process 0 alone writes metrics.jsonl and TensorBoard events and
+    draws the progress bar (the others' rows hold only the epochs they trained).
+    """
+    manager = checkpoint.open_manager(layout.checkpoints)
+    board = None
+    try:
+        start, state, rows = _resume(layout, manager, trainer)
+        if start >= epochs:
+            return Fitted(state, rows, True)
+        if distributed.is_primary():  # drops damaged rows and those of epochs whose checkpoint was lost
+            records.write_rows(layout.metrics, rows)
+            board = _writing_events(layout, lambda: events.Board(layout.tb, trainer.board_runs(), start + 1))
+        state, place = _resume_place(layout, trainer, start, state)
+        plan = lambda done=0: pieces(trainer.steps_per_epoch, trainer.members_per_device,  # noqa: E731
+                                     trainer.piece_member_steps, done)
+        order, programs, compile_seconds = _compile(trainer, state, plan())
+        with _Progress(trainer, epochs, start) as progress, _StopRequests() as stop:
+            for epoch in range(start + 1, epochs + 1):
+                started = time.time()
+                state, sums = _run_epoch(layout, trainer, order, programs, plan, state, epoch, place, progress, stop)
+                place = None
+                state = engine.next_epoch(state)
+                jax.block_until_ready(state)
+                seconds = time.time() - started + (compile_seconds if epoch == 1 else 0.0)
+                row = _row(trainer, epoch, sums, state, seconds)
+                rows.append(row)
+                with progress.closed_on_error():
+                    _save_epoch(manager, layout, board, epoch, state, row, meta)
+                if distributed.is_primary() and layout.interrupted.exists():  # that epoch is whole now
+                    shutil.rmtree(layout.interrupted, ignore_errors=True)
+                progress.write(trainer.describe(row))
+                if epoch < epochs and stop.requested():
+                    progress.close()
+                    raise Interrupted(f"interrupted after epoch {epoch}, which is saved: run the same command to "
+                                      "resume")
+        manager.wait_until_finished()
+        if board is not None:
+            _writing_events(layout, board.finish)
+    finally:
+        manager.close()
+        if board is not None:
+            board.close()
+    return Fitted(state, rows, False)
+
+
+def _resume(layout: Layout, manager, trainer: Trainer) -> tuple[int, Any, list[dict]]:
+    """(epochs done, state, their metrics rows on process 0) from the latest checkpoint, or a fresh start."""
+    start = manager.latest_step() or 0
+    state = checkpoint.restore(manager, start, trainer.abstract())[0] if start else trainer.init()
+    rows = read_metrics(layout.metrics, start) if distributed.is_primary() else []
+    return start, state, rows
+
+
+def _resume_place(layout: Layout, trainer: Trainer, start: int, state) -> tuple[Any, dict | None]:
+    """The state at the place inside epoch `start + 1` where a launch was stopped, if it was; says where it resumes."""
+    place = None
+    if layout.interrupted.exists():
+        partial = checkpoint.open_partial(layout.interrupted)
+        try:
+            if partial.latest_step() == start + 1:
+                state, place = checkpoint.restore(partial, start + 1, trainer.abstract())
+        finally:
+            partial.close()
+    if place is not None:
+        print(f"resuming {layout.root} in epoch {start + 1} after step {place['next_step']} of "
+              f"{trainer.steps_per_epoch}")
+    elif start:
+        print(f"resuming {layout.root} after epoch {start}")
+    return state, place
+
+
+def _compile(trainer: Trainer, state, plan: list[tuple[int, int]]):
+    """The jitted batch order and the compiled program of each piece length, and the seconds they took."""
+    started = time.time()
+    order = jax.jit(trainer.order)
+    example = order(state)
+    programs = {length: trainer.piece(state, example, length) for length in sorted({n for _, n in plan})}
+    seconds = time.time() - started
+    print(f"compiled the epoch's {len(plan)} pieces in {seconds:.1f} s on {jax.default_backend()}")
+    return order, programs, seconds
+
+
+def _run_epoch(layout: Layout, trainer: Trainer, order, programs: dict, plan, state, epoch: int,
+               place: dict | None, progress: "_Progress", stop: "_StopRequests"):
+    """Epoch `epoch` in pieces, from the stopped `place` if there is one: (state, its summed loss and correct
+    predictions). A stop request at a boundary inside it saves the place and raises Interrupted."""
+    sums, done = {"loss_sum": 0.0, "correct": 0.0}, 0
+    if place is not None:
+        sums = {k: np.asarray(place[k], np.float64) for k in sums}
+        done = place["next_step"]
+        progress.skip(done)
+    epoch_order = order(state)
+    for first, length in plan(done):
+        state, piece = programs[length](state, epoch_order, np.int32(first))
+        piece = distributed.to_host(piece)
+        sums = {k: sums[k] + np.asarray(piece[k], np.float64) for k in sums}
+        progress.advance(epoch, first, length)
+        if first + length < trainer.steps_per_epoch and stop.requested():
+            progress.close(leave=False)
+            _save_place(layout, epoch, state, sums, first + length)
+            raise Interrupted(f"interrupted in epoch {epoch} after step {first + length} of "
+                              f"{trainer.steps_per_epoch}, which is saved: run the same command to resume from there")
+    return state, sums
+
+
+def _row(trainer: Trainer, epoch: int, sums: dict, state, seconds: float) -> dict:
+    train = metrics.epoch_means(sums, trainer.steps_per_epoch, trainer.batch_size)
+    by_split, diverged = distributed.to_host((trainer.evaluate(state), state.diverged))
+    images = trainer.steps_per_epoch * trainer.batch_size * len(trainer.members or [None])
+    return metrics.make_row(epoch, {"train": train, **by_split}, trainer.learning_rate(epoch), diverged, seconds,
+                            images, trainer.members)
+
+
+def _save_epoch(manager, layout: Layout, board: events.Board | None, epoch: int, state, row: dict,
+                meta: dict) -> None:
+    """Process 0 (the one with a board) writes the metrics row and the TensorBoard events; all save the checkpoint."""
+    metric, score = metrics.selection_score(row)
+    try:
+        if board is not None:
+            records.append_row(layout.metrics, row)
+            board.write(row)
+        checkpoint.save(manager, epoch, state, {**meta, "epoch": epoch, "selected_by": {metric: score}},
+                        {checkpoint.BEST_METRIC: score})
+    except Exception as e:  # Orbax reports a full disk as ValueError, files as OSError
+        checkpoint.discard_partial(manager, epoch)
+        raise UserError(f"could not save epoch {epoch} in {layout.root} ({records.os_reason(e)}): free space or make "
+                        f"it writable, then run the same command to resume after epoch {epoch - 1}") from None
+
+
+def _save_place(layout: Layout, epoch: int, state, sums: dict, next_step: int) -> None:
+    partial = checkpoint.open_partial(layout.interrupted)
+    try:
+        checkpoint.save(partial, epoch, state, {"epoch": epoch, "next_step": next_step,
+                                                **{k: np.asarray(v).tolist() for k, v in sums.items()}}, {})
+        partial.wait_until_finished()
+    except Exception as e:
+        checkpoint.discard_partial(partial, epoch)
+        raise UserError(f"interrupted, but could not save the place in epoch {epoch} ({records.os_reason(e)}): the "
+                        f"same command resumes after epoch {epoch - 1}") from None
+    finally:
+        partial.close()
+
+
+def _writing_events(layout: Layout, write: Callable):
+    try:
+        return write()
+    except OSError as e:
+        raise UserError(f"could not write TensorBoard events in {layout.tb} ({records.os_reason(e)}): free space or "
+                        "make it writable, then run the same command") from None
+
+
+class _Progress:
+    """Process 0's progress: a bar on a terminal; redirected to a file, a plain line each tenth of an epoch."""
+
+    def __init__(self, trainer: Trainer, epochs: int, start: int):
+        self._steps, self._epochs, self._label = trainer.steps_per_epoch, epochs, trainer.label
+        primary = distributed.is_primary()
+        self._plain = primary and not sys.stderr.isatty()
+        self._bar = tqdm(total=epochs * self._steps, initial=start * self._steps, unit="step", desc=self._label,
+                         file=sys.stderr, dynamic_ncols=True, disable=not primary or self._plain)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(leave=exc[0] is None)
+
+    def skip(self, steps: int) -> None:
+        """Steps done before this launch, in the epoch it resumes."""
+        self._bar.update(steps)
+
+    def advance(self, epoch: int, first: int, length: int) -> None:
+        """Steps `first` .. `first + length` of `epoch` are done."""
+        self._bar.update(length)
+        tenths = lambda step: PIECES_PER_EPOCH * step // self._steps  # noqa: E731
+        if self._plain and tenths(first + length) > tenths(first):
+            done = (epoch - 1) * self._steps + first + length
+            print(f"{self._label}: epoch {epoch}, step {first + length}/{self._steps} "
+                  f"({done}/{self._epochs * self._steps} in all)", file=sys.stderr, flush=True)
+
+    def write(self, line: str) -> None:
+        self._bar.write(line)
+
+    @contextlib.contextmanager
+    def closed_on_error(self):
+        try:
+            yield
+        except BaseException:
+            self.close(leave=False)
+            raise
+
+    def close(self, leave: bool = True) -> None:
+        self._bar.leave = self._bar.leave and leave
+        self._bar.close()
 
 
 class _StopRequests:
@@ -103,155 +311,3 @@ class _StopRequests:
     def requested(self) -> bool:
         """Whether to stop, agreed by every process (process 0's word counts)."""
         return distributed.primary_says(self.signal is not None)
-
-
-def fit(workdir: Path, run: Run, epochs: int, meta: dict) -> tuple[Any, list[dict], bool]:
-    """Trains `run` from its latest checkpoint in `workdir` to `epochs`, one metrics row per epoch.
-
-    Every process of a multi-process run calls this; process 0 alone writes metrics.jsonl and draws the progress
-    bar (the others' rows hold only the epochs they trained). Returns (state, rows, whether it was already finished).
-    """
-    primary = distributed.is_primary()
-    manager = checkpoint.open_manager(workdir / "checkpoints")
-    stopped_at = workdir / "interrupted"  # the place inside an epoch where a run was stopped, if it was
-    board = None
-    try:
-        start = manager.latest_step() or 0
-        if start:
-            state, _ = checkpoint.restore(manager, start, run.abstract)
-        else:
-            state = run.init()
-        metrics_path = workdir / "metrics.jsonl"
-        rows = read_metrics(metrics_path, start) if primary else []
-        if start >= epochs:
-            return state, rows, True
-        if primary:  # drops damaged rows and those of epochs whose checkpoint was lost
-            records.write_rows(metrics_path, rows)
-            with _writing_events(workdir):
-                board = events.Board(workdir / events.DIRECTORY, run.hparams, start + 1)
-        resumed = None
-        if stopped_at.exists():
-            partial = checkpoint.open_partial(stopped_at)
-            try:
-                if partial.latest_step() == start + 1:
-                    state, resumed = checkpoint.restore(partial, start + 1, run.abstract)
-            finally:
-                partial.close()
-        if resumed is not None:
-            print(f"resuming {workdir} in epoch {start + 1} after step {resumed['next_step']} of "
-                  f"{run.steps_per_epoch}")
-        elif start:
-            print(f"resuming {workdir} after epoch {start} of {epochs}")
-
-        plan = functools.partial(pieces, run.steps_per_epoch, run.members_per_device, run.piece_member_steps)
-        compile_started = time.time()
-        order_program = jax.jit(run.order)
-        orders = order_program(state)
-
-        @functools.cache
-        def program(length: int):
-            return jax.jit(functools.partial(run.steps, steps=length)).lower(
-                state, *run.epoch_args, orders, np.int32(0)).compile()
-
-        for length in sorted({n for _, n in plan()}):
-            program(length)
-        compile_seconds = time.time() - compile_started
-        print(f"compiled the epoch's {len(plan())} pieces in {compile_seconds:.1f} s on {jax.default_backend()}")
-
-        # Redirected to a file, stderr gets a plain line each tenth of an epoch instead of the bar's carriage returns.
-        plain = primary and not sys.stderr.isatty()
-        bar = tqdm(total=epochs * run.steps_per_epoch, initial=start * run.steps_per_epoch, unit="step",
-                   desc=run.label, file=sys.stderr, dynamic_ncols=True, disable=not primary or plain)
-        with _StopRequests() as stop:
-            for epoch in range(start + 1, epochs + 1):
-                epoch_started = time.time()
-                sums, done = {"loss_sum": 0.0, "correct": 0.0}, 0
-                if resumed is not None:
-                    sums = {k: np.asarray(resumed[k], np.float64) for k in sums}
-                    done, resumed = resumed["next_step"], None
-                    bar.update(done)
-                orders = order_program(state)
-                for first, length in plan(done):
-                    state, piece = program(length)(state, *run.epoch_args, orders, np.int32(first))
-                    piece = distributed.to_host(piece)
-                    sums = {k: sums[k] + np.asarray(piece[k], np.float64) for k in sums}
-                    bar.update(length)
-                    if plain and _tenths(first + length, run.steps_per_epoch) > _tenths(first, run.steps_per_epoch):
-                        done_all = (epoch - 1) * run.steps_per_epoch + first + length
-                        print(f"{run.label}: epoch {epoch}, step {first + length}/{run.steps_per_epoch} "
-                              f"({done_all}/{epochs * run.steps_per_epoch} in all)", file=sys.stderr, flush=True)
-                    if first + length < run.steps_per_epoch and stop.requested():
-                        _save_partial(stopped_at, epoch, state, sums, first + length, bar)
-                        raise Interrupted(f"interrupted in epoch {epoch} after step {first + length} of "
-                                          f"{run.steps_per_epoch}, which is saved: run the same command to resume "
-                                          "from there")
-                state = state.replace(epoch=state.epoch + 1)
-                jax.block_until_ready(state)
-                seconds = time.time() - epoch_started + (compile_seconds if epoch == 1 else 0.0)
-                train = metrics.epoch_means(sums, run.steps_per_epoch, run.batch_size)
-                by_split, diverged = distributed.to_host((run.evaluate(state), state.diverged))
-                row = metrics.make_row(epoch, {"train": train, **by_split}, run.learning_rate(epoch), diverged,
-                                       seconds, run.steps_per_epoch * run.batch_size * len(run.members or [None]),
-                                       run.members)
-                rows.append(row)
-                _save_epoch(manager, workdir, metrics_path, board, epoch, state, row, meta, bar)
-                if primary and stopped_at.exists():  # that epoch is whole now
-                    shutil.rmtree(stopped_at, ignore_errors=True)
-                bar.write(run.describe(row))
-                if epoch < epochs and stop.requested():
-                    bar.close()
-                    raise Interrupted(f"interrupted after epoch {epoch}, which is saved: run the same command to "
-                                      "resume")
-        bar.close()
-        manager.wait_until_finished()
-        if board is not None:
-            with _writing_events(workdir):
-                board.finish()
-    finally:
-        manager.close()
-        if board is not None:
-            board.close()
-    return state, rows, False
-
-
-@contextlib.contextmanager
-def _writing_events(workdir: Path):
-    try:
-        yield
-    except OSError as e:
-        raise UserError(f"could not write TensorBoard events in {workdir / events.DIRECTORY} "
-                        f"({records.os_reason(e)}): free space or make it writable, then run the same command") from None
-
-
-def _save_epoch(manager, workdir: Path, metrics_path: Path, board: events.Board | None, epoch: int, state,
-                row: dict, meta: dict, bar) -> None:
-    """Process 0 (the one with a board) writes the metrics row and the TensorBoard events; all save the checkpoint."""
-    metric, score = metrics.selection_score(row)
-    try:
-        if board is not None:
-            records.append_row(metrics_path, row)
-            board.write(row)
-        checkpoint.save(manager, epoch, state, {**meta, "epoch": epoch, "selected_by": {metric: score}},
-                        {checkpoint.BEST_METRIC: score})
-    except Exception as e:  # Orbax reports a full disk as ValueError, files as OSError
-        bar.leave = False
-        bar.close()
-        checkpoint.discard_partial(manager, epoch)
-        raise UserError(f"could not save epoch {epoch} in {workdir} ({records.os_reason(e)}): free space or make it "
-                        f"writable, then run the same command to resume after epoch {epoch - 1}") from None
-
-
-def _save_partial(directory: Path, epoch: int, state, sums: dict, next_step: int, bar) -> None:
-    bar.leave = False
-    bar.close()
-    partial = checkpoint.open_partial(directory)
-    try:
-        checkpoint.save(partial, epoch, state, {"epoch": epoch, "next_step": next_step,
-                                                **{k: np.asarray(v).tolist() for k, v in sums.items()}}, {})
-        partial.wait_until_finished()
-    except Exception as e:
-        checkpoint.discard_partial(partial, epoch)
-        raise UserError(f"interrupted, but could not save the place in epoch {epoch} ({records.os_reason(e)}): the "
-                        f"same command resumes after epoch {epoch - 1}") from None
-    finally:
-        partial.close()

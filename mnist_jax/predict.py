@@ -11,27 +11,26 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import jax
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from mnist_jax import cli
 from mnist_jax.errors import UserError
+from mnist_jax.workdir import load_model
 
 
 def parse_args(argv):
-    from mnist_jax.evaluate import add_model_args
-
     parser = cli.Parser(prog="python -m mnist_jax.predict", description=__doc__.split(":", 1)[1].strip())
-    add_model_args(parser)
+    cli.add_model_settings(parser)
     parser.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image, with all probabilities")
-    cli.add_cache_arg(parser)
+    cli.add_cache_setting(parser)
     return parser.parse_args(argv)
 
 
 def mnist_like(path: Path) -> np.ndarray:
     """An image file -> uint8 (28, 28), white digit on black, size-normalised and centred as in MNIST."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             image.load()
@@ -73,13 +72,7 @@ def mnist_like(path: Path) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cli.enable_compile_cache(not args.no_compile_cache)
-
-    import jax
-
-    from mnist_jax import engine
-    from mnist_jax.workdir import load_model
-
-    config, hyper, state, _ = load_model(args.workdir, args.checkpoint, args.member, args.conv)
+    model = load_model(args.workdir, args.checkpoint, args.member, args.conv)
     prepared, failed = [], 0
     for path in args.images:
         try:
@@ -89,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed += 1
     if prepared:
         batch = np.stack([image for _, image in prepared])
-        logits = jax.jit(engine.predict_logits, static_argnums=0)(config, state.params, hyper, batch)
+        logits = model.predict(batch)
         probabilities = np.asarray(jax.nn.softmax(logits))
         for (path, _), p in zip(prepared, probabilities):
             digit = int(p.argmax())

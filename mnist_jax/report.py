@@ -1,10 +1,15 @@
-"""What a results file says about where it was made."""
+"""What summaries and results files say: the run's outcome, and where it was made."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import platform
 from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+
+from mnist_jax import engine, metrics, settings
 
 PACKAGES = ("mnist_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy",
             "tensorflow-datasets")
@@ -23,8 +28,6 @@ def cpu_name() -> str:
 
 def environment() -> dict:
     """JAX backend, devices, machine and package versions, for summary and results files."""
-    import jax
-
     versions = {}
     for name in PACKAGES:
         try:
@@ -35,3 +38,11 @@ def environment() -> dict:
             "device_kind": jax.devices()[0].device_kind, "cpu": cpu_name(),
             "machine": f"{platform.machine()} {platform.processor()}",
             "python": platform.python_version(), "versions": versions}
+
+
+def summary(config: engine.Config, member: Mapping[str, Any], rows: Sequence[dict], **extra) -> dict:
+    """summary.json of a single run (train, or a member exported from a sweep) whose metrics rows are `rows`."""
+    final = rows[-1]
+    return {"model": config.model, "activation": member["activation"], "seed": member["seed"],
+            "hyperparameters": settings.recipe(config, member), "epochs": final["epoch"],
+            **metrics.metric_columns(final), "diverged": final["diverged"], **extra}

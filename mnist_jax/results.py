@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 
-from mnist_jax import records
+from scipy import stats
+
+from mnist_jax import plots, records
 from mnist_jax.metrics import SELECTION, metric_columns
+from mnist_jax.workdir import Layout
 
 THRESHOLDS = (0.99, 0.98)  # epochs to reach these validation accuracies measure convergence
 # A member that ends no better than this (twice chance for ten classes) without diverging has stalled: dead units or
@@ -89,22 +91,21 @@ def select(summary: list[dict]) -> list[dict]:
                           "mean_val_accuracy": best["mean_val_accuracy"],
                           "mean_test_accuracy": best["mean_test_accuracy"],
                           "std_test_accuracy": best["std_test_accuracy"],
-                          **{k: best[k] for k in ("mean_epoch_to_98", "n_reached_98", "mean_epoch_to_99",
-                                                  "n_reached_99", "mean_train_loss", "n_diverged", "n_stalled")}})
+                          **{k: best[k] for t in sorted(THRESHOLDS)
+                             for k in (f"mean_epoch_to_{_pct(t)}", f"n_reached_{_pct(t)}")},
+                          **{k: best[k] for k in ("mean_train_loss", "n_diverged", "n_stalled")}})
     return selection
 
 
 # What the activations are compared on: the final test accuracy, and (measured on validation) how soon they converge.
-COMPARED = {"test_accuracy": "final test accuracy", "epoch_to_98": "epochs to 98% validation accuracy",
-            "epoch_to_99": "epochs to 99% validation accuracy"}
+COMPARED = {"test_accuracy": "final test accuracy",
+            **{f"epoch_to_{_pct(t)}": f"epochs to {_pct(t)}% validation accuracy" for t in sorted(THRESHOLDS)}}
 
 
 def paired_differences(members: list[dict], lr_of: dict[str, float], metric: str = "test_accuracy") -> list[dict]:
     """Each pair of activations, each at its lr in `lr_of`: the mean difference of `metric` over the seeds both
     have (for epochs to a threshold, the seeds where both reached it), with a 95% t interval. Diverged members count
     as they ended."""
-    from scipy import stats
-
     by_key = {(m["activation"], m["lr"], m["seed"]): m for m in members}
     out = []
     for a, b in itertools.combinations(lr_of, 2):
@@ -176,12 +177,14 @@ def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], memb
                  *_grid(summary, SELECTION, {(s["activation"], s["lr"]) for s in selection}), "",
                  "Each activation at its selected learning rate (epochs to a threshold: first epoch whose "
                  "validation accuracy reached it, mean over the seeds that did):", "",
-                 "| activation | lr | n | val accuracy | test accuracy (mean ± std) | epochs to 98% | epochs to 99% | "
-                 "final train loss | diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                 "| activation | lr | n | val accuracy | test accuracy (mean ± std) | "
+                 + "".join(f"epochs to {_pct(t)}% | " for t in sorted(THRESHOLDS)) + "final train loss | diverged |",
+                 "| --- | --- | --- | --- | --- | " + "--- | " * len(THRESHOLDS) + "--- | --- |"]
         for s in selection:
             lines.append(f"| {s['activation']} | {s['lr']:g} | {s['n']} | {s['mean_val_accuracy']:.2%} | "
-                         f"{s['mean_test_accuracy']:.2%} ± {s['std_test_accuracy']:.2%} | {_reach(s, 0.98)} | "
-                         f"{_reach(s, 0.99)} | {s['mean_train_loss']:.4f} | {s['n_diverged']} |")
+                         f"{s['mean_test_accuracy']:.2%} ± {s['std_test_accuracy']:.2%} | "
+                         + "".join(f"{_reach(s, t)} | " for t in sorted(THRESHOLDS))
+                         + f"{s['mean_train_loss']:.4f} | {s['n_diverged']} |")
         lines += ["", "Paired differences, each activation at its selected learning rate (same seeds; for epochs, "
                   "the seeds where both reached the threshold), with 95% t confidence intervals:", ""]
     else:
@@ -208,104 +211,17 @@ def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], memb
     return "\n".join(lines) + "\n"
 
 
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend: every figure here is written to PNG, none shown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _band(ax, x, values: np.ndarray, label: str) -> None:
-    """Mean over the last axis as a line, min..max as a band."""
-    ax.plot(x, np.nanmean(values, axis=-1), label=label, marker="o" if len(x) < 8 else None)
-    ax.fill_between(x, np.nanmin(values, axis=-1), np.nanmax(values, axis=-1), alpha=0.2)
-
-
-def plot_run(workdir: Path, rows: list[dict]) -> Path:
-    """curves.png of a single run: loss (log axis) and accuracy against epoch, for train, validation and test."""
-    from mnist_jax.metrics import SPLITS
-
-    plt = pyplot()
-    epochs = [row["epoch"] for row in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for split in SPLITS:
-            if f"{split}_{metric}" in rows[0]:
-                ax.plot(epochs, np.array([row[f"{split}_{metric}"] for row in rows], dtype=float),
-                        marker="o" if len(epochs) < 20 else None, label=split)
-        ax.set(xlabel="epoch", ylabel=metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_yscale("log")
-    fig.suptitle(f"{workdir.name}: train (as trained, over the epoch's batches), validation and test", fontsize=10)
-    fig.tight_layout()
-    path = workdir / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot(workdir: Path, rows: list[dict], selection: list[dict] | None = None) -> list[Path]:
-    """learning_curves.png (validation or, without it, test accuracy and train loss against epoch, at the selected
-    lrs or else at every lr) and validation_vs_lr.png (final validation accuracy against lr, log axis)."""
-    plt = pyplot()
-    first = rows[0]["members"]
-    has_val = SELECTION in first[0]
-    groups = [(s["activation"], s["lr"]) for s in selection] if selection else \
-        list(dict.fromkeys((m["activation"], m["lr"]) for m in first))
-    accuracy = SELECTION if has_val else "test_accuracy"
-    paths = []
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    epochs = [row["epoch"] for row in rows]
-    for activation, lr in groups:
-        idx = [i for i, m in enumerate(first) if (m["activation"], m["lr"]) == (activation, lr)]
-        for ax, metric in zip(axes, (accuracy, "train_loss")):
-            _band(ax, epochs, np.array([[row["members"][i][metric] for i in idx] for row in rows], dtype=float),
-                  f"{activation}, lr {lr:g}")
-    for ax, metric in zip(axes, (accuracy, "train_loss")):
-        ax.set(xlabel="epoch", ylabel=metric.replace("_", " "))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[1].set_yscale("log")
-    fig.suptitle("at the selected learning rates (mean over seeds, band min..max)" if selection else
-                 "every learning rate (mean over seeds, band min..max)", fontsize=10)
-    fig.tight_layout()
-    paths.append(workdir / "learning_curves.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    if has_val:
-        final = rows[-1]["members"]
-        lrs = sorted(dict.fromkeys(m["lr"] for m in final))
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for activation in dict.fromkeys(m["activation"] for m in final):
-            values = [[m[SELECTION] for m in final if (m["activation"], m["lr"]) == (activation, lr)] for lr in lrs]
-            width = max(map(len, values))
-            _band(ax, lrs, np.array([v + [np.nan] * (width - len(v)) for v in values], dtype=float), activation)
-        ax.set(xscale="log", xlabel="peak learning rate", ylabel="final validation accuracy",
-               title="validation accuracy against learning rate (mean, band min..max)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(workdir / "validation_vs_lr.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
-
-
-def write_results(workdir: Path, rows: list[dict], environment: dict) -> str:
+def write_results(layout: Layout, rows: list[dict], environment: dict) -> str:
     """Writes results.json, results.md and the plots; returns the markdown."""
     members = member_results(rows)
     summary = summarize(members)
     selection = select(summary)
     pairs = comparisons(members, selection)
-    records.write_json(workdir / "results.json", {
+    records.write_json(layout.results_json, {
         "members": members, "summary": summary, "selection": selection, "paired_differences": pairs,
         "epochs": rows[-1]["epoch"], "train_seconds": round(sum(row["epoch_seconds"] for row in rows), 1),
         "environment": environment})
     text = markdown(summary, selection, pairs, members)
-    records.write_text(workdir / "results.md", text)
-    plot(workdir, rows, selection)
+    records.write_text(layout.results_md, text)
+    plots.sweep_curves(layout.learning_curves, layout.validation_vs_lr, rows, selection)
     return text

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
+import fcntl
 import functools
 import json
+import os
 import shutil
+import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import jax
+import numpy as np
 
-from mnist_jax import checkpoint, distributed, engine, records
+from mnist_jax import checkpoint, distributed, engine, models, records, settings
 from mnist_jax.errors import UserError
 
 
@@ -21,19 +26,50 @@ from mnist_jax.errors import UserError
 RUN_FORMAT = 2
 
 
-def run_description(config: engine.Config, activation: str, learning_rate: float, seed: int, data: dict) -> dict:
-    """What makes two runs the same run: a workdir refuses to resume under anything else.
+class _Output:
+    """A file or folder a run writes into its workdir; declaring one on Layout adds it to what --fresh deletes."""
 
-    `data` is the data part of the record (cli.load_data): dataset, test limit and validation split.
+    def __init__(self, name: str):
+        self.name = name
+
+    def __set_name__(self, owner, attribute: str):
+        owner.OUTPUTS = (*owner.OUTPUTS, attribute)
+
+    def __get__(self, layout, owner) -> Path:
+        return self if layout is None else layout.root / self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where everything of one run lives: `Layout(path).metrics` is its metrics.jsonl, and so on.
+
+    OUTPUTS names every output a run writes, and so everything --fresh may delete (nothing else, ever).
     """
-    description = {"format": RUN_FORMAT, "config": config_record(config), "activation": activation,
-                   "learning_rate": learning_rate, "seed": seed, **data}
-    return json.loads(json.dumps(description))  # as it reads back from run.json: tuples become lists
 
+    root: Path
+    OUTPUTS = ()
+    run = _Output("run.json")
+    metrics = _Output("metrics.jsonl")
+    summary = _Output("summary.json")
+    checkpoints = _Output("checkpoints")
+    interrupted = _Output("interrupted")  # the place inside an epoch where a run was stopped, while there is one
+    evaluation = _Output("evaluation")
+    results_json = _Output("results.json")
+    results_md = _Output("results.md")
+    curves = _Output("curves.png")
+    learning_curves = _Output("learning_curves.png")
+    validation_vs_lr = _Output("validation_vs_lr.png")
+    tb = _Output("tb")
 
-def member_name(member: dict) -> str:
-    """The folder of one member (its TensorBoard run, a sweep member's evaluation): <activation>-seed<s>-lr<lr>."""
-    return f"{member['activation']}-seed{member['seed']}-lr{member['lr']:g}"
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def outputs(self) -> list[Path]:
+        return [getattr(self, name) for name in self.OUTPUTS]
 
 
 def config_record(config: engine.Config) -> dict:
@@ -41,16 +77,33 @@ def config_record(config: engine.Config) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items() if k != "conv"}
 
 
-def recipe(config: engine.Config, learning_rate: float) -> dict:
-    """The training recipe as summaries record it."""
-    return {"learning_rate": learning_rate, "optimizer": config.optimizer, "schedule": config.schedule,
-            "weight_decay": config.weight_decay, "batch_size": config.batch_size, "epochs": config.epochs,
-            "hidden": list(config.hidden)}
+def _as_read_back(record: dict) -> dict:
+    return json.loads(json.dumps(record))  # as it reads back from run.json: tuples become lists
+
+
+def run_record(config: engine.Config, member: dict, data: dict) -> dict:
+    """What makes two single runs the same run: a workdir refuses to resume under anything else.
+
+    `data` is the data part of the record (data.load_splits): dataset, content digest, test limit, validation split.
+    """
+    members = {s.record_key: member[s.name] for s in settings.members_of()}
+    return _as_read_back({"format": RUN_FORMAT, "config": config_record(config), **members, **data})
+
+
+def sweep_record(config: engine.Config, members: list[dict], shared_order: bool, data: dict) -> dict:
+    """The sweep's run record; `data` as in `run_record`."""
+    return _as_read_back({"format": RUN_FORMAT, "kind": "sweep", "config": config_record(config),
+                          "members": members, "shared_order": shared_order, **data})
+
+
+def member_of(run: dict) -> dict:
+    """A single run's member settings, from its run record."""
+    return {s.name: run[s.record_key] for s in settings.members_of()}
 
 
 def read_run(workdir: Path) -> dict:
     """The run record of a workdir, or a one-line error saying why there is none that this version can use."""
-    run_file = Path(workdir) / "run.json"
+    run_file = Layout(workdir).run
     if not run_file.exists():
         raise UserError(f"{workdir} is not a training workdir (no run.json): pass the --workdir a run wrote")
     run = records.read_json(run_file)
@@ -73,7 +126,7 @@ def hold(workdir: Path):
     if distributed.is_primary():
         Path(workdir).mkdir(parents=True, exist_ok=True)
         if os.access(workdir, os.W_OK):
-            lock = open(Path(workdir) / ".lock", "a+")
+            lock = open(Layout(workdir).lock, "a+")
             problem = _take(lock, workdir)
     if not distributed.primary_says(problem is None):
         problem = problem or UserError(f"workdir {workdir} is in use by another launch (see process 0)")
@@ -88,10 +141,6 @@ def hold(workdir: Path):
 
 def _take(lock, workdir: Path) -> UserError | None:
     """Locks the open lock file and writes who holds it, or returns the error naming the holder."""
-    import fcntl
-    import socket
-    import time
-
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -106,15 +155,10 @@ def _take(lock, workdir: Path) -> UserError | None:
     return None
 
 
-# Everything a run writes into its workdir, and so everything --fresh may delete (nothing else, ever).
-RUN_OUTPUTS = ("run.json", "metrics.jsonl", "summary.json", "checkpoints", "interrupted", "evaluation", "results.json",
-               "results.md", "learning_curves.png", "validation_vs_lr.png", "curves.png", "tb")
-
-
 def prepare_workdir(workdir: Path, description: dict, fresh: bool) -> None:
     """Makes `workdir` hold `description`'s run: new, resumed, or (with `fresh`) the old run's outputs deleted.
 
-    --fresh deletes only RUN_OUTPUTS, and only where a run record says this project wrote them. Process 0 alone does
+    --fresh deletes only Layout.OUTPUTS, and only where a run record says this project wrote them. Process 0 alone does
     this in a multi-process launch; the others learn whether it could.
     """
     problem = None
@@ -128,13 +172,13 @@ def prepare_workdir(workdir: Path, description: dict, fresh: bool) -> None:
 
 
 def _prepare(workdir: Path, description: dict, fresh: bool) -> None:
-    run_file = workdir / "run.json"
-    if not run_file.exists() and (workdir / "checkpoints").exists():
+    layout = Layout(workdir)
+    run_file = layout.run
+    if not run_file.exists() and layout.checkpoints.exists():
         raise UserError(f"workdir {workdir} has a checkpoints/ folder but no run.json, so it is not a run this "
                         "project can resume or may delete: choose another --workdir")
     if fresh and run_file.exists():
-        for name in RUN_OUTPUTS:
-            path = workdir / name
+        for path in layout.outputs():
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if run_file.exists():
         stored = read_run(workdir)
@@ -179,6 +223,7 @@ def abstract_member(config: engine.Config, hyper: engine.Hyper, sharding: jax.sh
 
 
 def _config_of(run: dict, conv: str) -> engine.Config:
+    conv = models.default_conv() if conv == "auto" else conv
     return engine.Config(**{**run["config"], "hidden": tuple(run["config"]["hidden"]), "conv": conv})
 
 
@@ -196,7 +241,7 @@ def _choose_step(manager, workdir: Path, step: int | str) -> int:
 def selection_of(workdir: Path, step: int) -> dict:
     """{"metric", "value"}: the score checkpoint `step` was kept by (metrics.selection_score, mean over members
     in a sweep), as saved with it."""
-    manager = checkpoint.open_manager(Path(workdir) / "checkpoints")
+    manager = checkpoint.open_manager(Layout(workdir).checkpoints)
     try:
         (metric, value), = checkpoint.read_meta(manager, step)["selected_by"].items()
     finally:
@@ -204,24 +249,54 @@ def selection_of(workdir: Path, step: int) -> dict:
     return {"metric": metric, "value": value}
 
 
-def load_run(workdir: Path, step: int | str = "latest", conv: str = "auto"):
-    """(config, hyper, state, step) of a single-model workdir at `step`: latest, best or an epoch number; the model
-    computed in the convolution form `conv`."""
-    run = read_run(workdir)
-    config = _config_of(run, conv)
-    hyper = engine.Hyper.create(run["activation"], run["learning_rate"], run["seed"])
-    manager = checkpoint.open_manager(Path(workdir) / "checkpoints")
+_predict_logits = jax.jit(engine.predict_logits, static_argnums=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A trained member at one checkpoint: its config, hyperparameters, state and epoch (`step`)."""
+
+    config: engine.Config
+    member: dict
+    state: engine.TrainState
+    step: int
+
+    @property
+    def hyper(self) -> engine.Hyper:
+        return settings.hyper(self.member)
+
+    def predict(self, images) -> np.ndarray:
+        """Logits (N, 10) of uint8 images (N, 28, 28), white digits on black as in MNIST."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise UserError(f"images must be uint8 of shape (N, 28, 28), not {images.dtype} {images.shape}: "
+                            "prepare files with mnist_jax.predict.mnist_like")
+        return np.asarray(_predict_logits(self.config, self.state.params, self.hyper, images))
+
+
+def _restore(workdir: Path, step: int | str, abstract_of) -> tuple[Any, int, dict]:
+    manager = checkpoint.open_manager(Layout(workdir).checkpoints)
     try:
         chosen = _choose_step(manager, workdir, step)
-        one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        state, _ = checkpoint.restore(manager, chosen, abstract_member(config, hyper, one_device))
+        meta = checkpoint.read_meta(manager, chosen)
+        abstract = checkpoint.with_sharding(abstract_of(meta), jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+        state, _ = checkpoint.restore(manager, chosen, abstract)
     finally:
         manager.close()
-    return config, hyper, state, chosen
+    return state, chosen, meta
+
+
+def load_run(workdir: Path, step: int | str = "latest", conv: str = "auto") -> TrainedModel:
+    """A single-model workdir at `step`: latest, best or an epoch number; computed in the convolution form `conv`."""
+    run = read_run(workdir)
+    config, member = _config_of(run, conv), member_of(run)
+    abstract = jax.eval_shape(functools.partial(engine.init_member, config), settings.hyper(member))
+    state, chosen, _ = _restore(workdir, step, lambda meta: abstract)
+    return TrainedModel(config, member, state, chosen)
 
 
 def read_sweep(sweep_dir: Path) -> dict:
-    run = read_run(sweep_dir) if (Path(sweep_dir) / "run.json").exists() else {}
+    run = read_run(sweep_dir) if Layout(sweep_dir).run.exists() else {}
     if run.get("kind") != "sweep":
         raise UserError(f"{sweep_dir} is not a sweep workdir (no sweep run.json): pass the --workdir a sweep wrote")
     return run
@@ -229,48 +304,49 @@ def read_sweep(sweep_dir: Path) -> dict:
 
 def find_member(run: dict, spec: str) -> int:
     """Index of the member named ACTIVATION,SEED[,LR] in a sweep's run.json."""
-    parts = spec.split(",")
     try:
-        activation, seed, lr = parts[0], int(parts[1]), (float(parts[2]) if len(parts) > 2 else None)
-    except (IndexError, ValueError):
-        raise UserError(f"member {spec!r} must be ACTIVATION,SEED[,LR], e.g. relu,3 or relu,3,0.001") from None
-    matches = [i for i, m in enumerate(run["members"]) if m["activation"] == activation and m["seed"] == seed
-               and (lr is None or abs(m["lr"] - lr) <= 1e-12 * max(1.0, abs(lr)))]
+        wanted = settings.parse_member_label(spec)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    matches = [i for i, m in enumerate(run["members"])
+               if all(_same(m[name], value) for name, value in wanted.items())]
     if not matches:
-        known = ", ".join(f"{m['activation']},{m['seed']},{m['lr']:g}" for m in run["members"])
+        known = ", ".join(settings.member_label(m) for m in run["members"])
         raise UserError(f"the sweep has no member {spec}: it has {known}")
     if len(matches) > 1:
-        raise UserError(f"member {spec} is ambiguous: add its learning rate, e.g. {spec},{run['members'][matches[0]]['lr']:g}")
+        raise UserError(f"member {spec} is ambiguous: name it whole, e.g. "
+                        f"{settings.member_label(run['members'][matches[0]])}")
     return matches[0]
 
 
-def load_sweep_member(sweep_dir: Path, spec: str, step: int | str = "latest", conv: str = "auto"):
-    """(config, hyper, member state, step, member dict) of one member of a sweep at `step`."""
+def _same(recorded: Any, wanted: Any) -> bool:
+    if isinstance(wanted, float):
+        return abs(recorded - wanted) <= 1e-12 * max(1.0, abs(wanted))
+    return recorded == wanted
+
+
+def load_member(sweep_dir: Path, spec: str, step: int | str = "latest", conv: str = "auto") -> tuple[TrainedModel, int]:
+    """One member of a sweep at `step`, and its index among the sweep's members."""
     run = read_sweep(sweep_dir)
     index = find_member(run, spec)
-    config = _config_of(run, conv)
-    member = run["members"][index]
-    manager = checkpoint.open_manager(Path(sweep_dir) / "checkpoints")
-    try:
-        chosen = _choose_step(manager, sweep_dir, step)
-        stacked = checkpoint.read_meta(manager, chosen)["stacked_members"]
-        hyper_stack = jax.eval_shape(lambda: engine.Hyper.create(0, 0.0, 0))
-        hyper_stack = jax.tree.map(lambda s: jax.ShapeDtypeStruct((stacked, *s.shape), s.dtype), hyper_stack)
-        abstract = jax.eval_shape(jax.vmap(functools.partial(engine.init_member, config)), hyper_stack)
-        abstract = checkpoint.with_sharding(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-        state, _ = checkpoint.restore(manager, chosen, abstract)
-    finally:
-        manager.close()
-    hyper = engine.Hyper.create(member["activation"], member["lr"], member["seed"])
-    return config, hyper, jax.tree.map(lambda leaf: leaf[index], state), chosen, member, index
+    config, member = _config_of(run, conv), run["members"][index]
+
+    def abstract_of(meta: dict):
+        stacked = [member] * meta["stacked_members"]
+        return jax.eval_shape(jax.vmap(functools.partial(engine.init_member, config)), settings.hyper(stacked))
+
+    state, chosen, _ = _restore(sweep_dir, step, abstract_of)
+    return TrainedModel(config, member, jax.tree.map(lambda leaf: leaf[index], state), chosen), index
 
 
-def load_model(workdir: Path, step: int | str = "latest", member: str | None = None, conv: str = "auto"):
-    """(config, hyper, state, step) of a single-model workdir, or of one --member of a sweep workdir."""
+def load_model(workdir: Path, checkpoint: int | str = "best", member: str | None = None,
+               conv: str = "auto") -> TrainedModel:
+    """The model a workdir holds at `checkpoint` (latest, best or an epoch number): a single run's, or one `member`
+    (ACTIVATION,SEED[,LR]) of a sweep's. Its `predict(images)` gives logits."""
     if read_run(workdir).get("kind") == "sweep":
         if member is None:
-            raise UserError(f"{workdir} is a sweep: name one member with --member ACTIVATION,SEED[,LR]")
-        return load_sweep_member(workdir, member, step, conv)[:4]
+            raise UserError(f"{workdir} is a sweep: name one member with --member {settings.member_pattern()}")
+        return load_member(workdir, member, checkpoint, conv)[0]
     if member is not None:
         raise UserError(f"--member is for sweep workdirs; {workdir} holds a single run")
-    return load_run(workdir, step, conv)
+    return load_run(workdir, checkpoint, conv)

@@ -1,0 +1,393 @@
+"""Every setting of `train` and `sweep`, declared once: its default, help, parser and role.
+
+The command lines' flags and --help, the Python API's keywords, the run record, the default workdir name, the
+summary's recipe and TensorBoard's hparams are all derived from these declarations, so a new setting is one entry
+in SETTINGS plus the code that uses it:
+
+- a *static* setting shapes the compiled program: it is the engine.Config field of the same name;
+- a *member* setting is data that the members of one sweep may differ in: an entry of the member's hyperparameters
+  (engine.Hyper, keyed by the setting's name), a single value for `train` and a list of values for `sweep`;
+- a *data* setting chooses the images; a *launch* setting says how this launch runs, not what it trains.
+
+`identity` marks what makes two runs different runs: a workdir refuses to resume under other values, and the default
+workdir names the ones that differ from their defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax.numpy as jnp
+
+from mnist_jax import data, engine, models
+
+STATIC, MEMBER, DATA, LAUNCH, SWEEP = "static", "member", "data", "launch", "sweep"
+PROCESSES = "several processes (hosts)"  # the help section of the multi-process settings
+SEED_LIMIT = 2 ** 32  # a seed is a uint32 of the PRNG key
+
+
+# Parsers: text (a flag's value) or a Python value (an API keyword) -> the setting's value; a ValueError says why not.
+
+def whole_number(minimum: int, what: str) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"{value!r} is not a whole number")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a whole number") from None
+        if number < minimum:
+            raise ValueError(f"{number} must be a {what} whole number")
+        return number
+    return parse
+
+
+positive_int = whole_number(1, "positive")
+non_negative_int = whole_number(0, "non-negative")
+
+
+def seed(value: Any) -> int:
+    number = non_negative_int(value)
+    if number >= SEED_LIMIT:
+        raise ValueError(f"{number} does not fit the PRNG's 32-bit seed (at most {SEED_LIMIT - 1})")
+    return number
+
+
+def finite_number(positive: bool) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a number") from None
+        if not math.isfinite(number) or number < 0 or (positive and number == 0):
+            raise ValueError(f"{value} must be a {'positive' if positive else 'non-negative'} finite number")
+        return number
+    return parse
+
+
+positive_float = finite_number(positive=True)
+non_negative_float = finite_number(positive=False)
+
+
+def one_of(choices: Iterable[str], what: str) -> Callable[[Any], str]:
+    choices = tuple(choices)
+
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"unknown {what} {value!r}: choose from {', '.join(choices)}")
+        return value
+    return parse
+
+
+def int_tuple(value: Any) -> tuple[int, ...]:
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(positive_int(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"{value!r} must be positive whole numbers separated by commas") from None
+
+
+def list_of(parse_one: Callable[[Any], Any]) -> Callable[[Any], list]:
+    """A comma-separated list (or a Python list) of unique values, each parsed by `parse_one`."""
+    def parse(value: Any) -> list:
+        parts = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else list(value)
+        if not parts:
+            raise ValueError("the list is empty")
+        try:
+            values = [parse_one(part) for part in parts]
+        except ValueError as e:
+            raise ValueError(f"{value!r} must be a comma-separated list ({e})") from None
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"names {', '.join(repeated)} more than once: every member must be unique")
+        return values
+    return parse
+
+
+def path(value: Any) -> Path:
+    return Path(value)
+
+
+def vmap_chunk(value: Any) -> str | int | None:
+    if value in ("auto", "all", None):
+        return None if value in ("all", None) else "auto"
+    return positive_int(value)
+
+
+def flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not True or False")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting. `plural` is a member setting's list form in a sweep (`count`, a number of values 0..N-1, may
+    stand for it), `tag` prefixes its value in a member's folder name, and `record` names it in a single run's record
+    where that differs from `name`. `model` limits a setting to one model (the MLP's hidden sizes)."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = str
+    role: str = LAUNCH
+    identity: bool = False
+    commands: tuple[str, ...] = ("train", "sweep")
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    group: str | None = None
+    model: str | None = None
+    plural: str | None = None
+    plural_default: Any = None
+    count: str | None = None
+    count_default: int | None = None
+    dtype: Any = None
+    encode: Callable[[Any], Any] = lambda value: value
+    tag: str = ""
+    record: str | None = None
+
+    @property
+    def record_key(self) -> str:
+        return self.record or self.name
+
+
+def _optimizers_help() -> str:
+    return "; ".join(f"{name}: {o.description}, default lr {o.learning_rate:g}, weight decay {o.weight_decay:g}"
+                     for name, o in engine.OPTIMIZERS.items())
+
+
+# The order is that of the default workdir names (see `workdir_name`) and of --help.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("model", "lenet", "network to train", one_of(models.MODELS, "model"), STATIC, True,
+            choices=tuple(models.MODELS)),
+    Setting("activation", "relu", "activation function", one_of(models.ACTIVATIONS, "activation"), MEMBER, True,
+            choices=models.ACTIVATIONS, plural="activations", plural_default=list(models.ACTIVATIONS),
+            dtype=jnp.int32, encode=models.ACTIVATIONS.index),
+    Setting("seed", 0, "seeds parameters and batch order", seed, MEMBER, True, plural="seed_list",
+            count="seeds", count_default=3, dtype=jnp.uint32, tag="seed"),
+    Setting("dataset", "mnist", "which dataset", one_of(data.DATASETS, "dataset"), DATA, True,
+            choices=data.DATASETS, group="data"),
+    Setting("epochs", 12, "epochs to train", positive_int, STATIC, True),
+    Setting("batch_size", 128, "images per step", positive_int, STATIC, True),
+    Setting("optimizer", "adamw", _optimizers_help(), one_of(engine.OPTIMIZERS, "optimizer"), STATIC, True,
+            choices=tuple(engine.OPTIMIZERS)),
+    Setting("schedule", "warmup-cosine", "warmup-cosine: linear warmup over the first epoch to the peak learning "
+            "rate, then cosine decay to zero; constant: the learning rate throughout",
+            one_of(engine.SCHEDULES, "schedule"), STATIC, True, choices=tuple(engine.SCHEDULES)),
+    Setting("lr", None, "peak learning rate (default: the optimizer's, see --optimizer)", positive_float, MEMBER,
+            True, plural="lrs", dtype=jnp.float32, tag="lr", record="learning_rate"),
+    Setting("weight_decay", None, "weight decay (default: the optimizer's, see --optimizer)", non_negative_float,
+            STATIC, True),
+    Setting("hidden", (256, 128), "MLP hidden sizes, comma-separated", int_tuple, STATIC, True, model="mlp"),
+    Setting("dtype", "float32", "compute dtype; parameters and optimizer state stay float32. bfloat16 is for TPUs "
+            "and GPUs (on a CPU it is slower)", one_of(("float32", "bfloat16"), "dtype"), STATIC, True,
+            choices=("float32", "bfloat16")),
+    Setting("conv", "auto", "how LeNet's convolutions are computed (the same network and parameters either way): "
+            "toeplitz, block-Toeplitz matmuls, fastest on CPU; lax, the standard convolution for GPU and TPU; auto, "
+            "the one for this backend", one_of(("auto", *models.CONV_FORMS), "conv"), STATIC,
+            choices=("auto", *models.CONV_FORMS)),
+    Setting("validation_size", data.VALIDATION_SIZE, "training images held out for validation, the same ones for "
+            "every run and seed; the best checkpoint is chosen on them (0: no validation split, the best is the "
+            "latest)", non_negative_int, DATA, True, group="splits"),
+    Setting("train_limit", None, "train on the first N of the remaining training images only (quick experiments, "
+            "tests)", positive_int, DATA, True, group="splits"),
+    Setting("test_limit", None, "evaluate on the first N test images only", positive_int, DATA, True,
+            group="splits"),
+    Setting("data_source", "auto", "auto: local data only, never a download (IDX files or a prepared tfds copy in "
+            "--data-dir, else the MNIST copy bundled in the package); bundled: the shipped MNIST, sha256-verified; "
+            "idx: the four IDX files (.gz or not) in --data-dir; tfds: tensorflow-datasets",
+            one_of(data.SOURCES, "data source"), DATA, choices=data.SOURCES, group="data"),
+    Setting("data_dir", None, "directory of IDX files, or a tfds data_dir (default: none; tfds uses "
+            "~/tensorflow_datasets)", path, DATA, group="data"),
+    Setting("shared_order", False, "give every member the same batch order (default: each member's from its seed)",
+            flag, SWEEP, True, commands=("sweep",)),
+    Setting("vmap_chunk", "auto", "how many members one compiled step trains side by side (jax.vmap); groups of "
+            "that many train one after another (lax.map). all: one vmap of every member; auto: 1 on CPU, where it "
+            "measured fastest, all on GPU and TPU; the results are the same either way, up to float rounding",
+            vmap_chunk, SWEEP, commands=("sweep",)),
+    Setting("workdir", None, "where metrics, summary and checkpoints go; an existing one is resumed (default: "
+            "checkpoints/<model>-<activation>-seed<seed> for train, checkpoints/sweep-<model> for a sweep, followed "
+            "by every setting of the run that differs from its default, e.g. -epochs3)", path),
+    Setting("fresh", False, "delete what the workdir holds and start over", flag),
+    Setting("no_compile_cache", False, "do not use the persistent XLA compilation cache (default: on, in "
+            "$MNIST_JAX_CACHE_DIR or ~/.cache/mnist_jax/xla)", flag),
+    Setting("coordinator_address", None, "where process 0 listens; the same for every process", str,
+            metavar="HOST:PORT", group=PROCESSES),
+    Setting("num_processes", None, "how many processes in all", positive_int, group=PROCESSES),
+    Setting("process_id", None, "this process, 0 .. N-1", whole_number(-SEED_LIMIT, "whole"), group=PROCESSES),
+    Setting("distributed_timeout", 120, "how long to wait for every process to join", positive_int,
+            metavar="SECONDS", group=PROCESSES),
+)
+# Help sections: their titles and what they say.
+GROUPS = {"splits": None, "data": None,
+          PROCESSES: "give all three to every process; with none, a TPU pod slice, SLURM or Open MPI is detected by "
+                     "JAX itself, and a single host needs nothing"}
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def of(command: str) -> list[Setting]:
+    return [s for s in SETTINGS if command in s.commands]
+
+
+def members_of(role: str = MEMBER) -> list[Setting]:
+    return [s for s in SETTINGS if s.role == role]
+
+
+def defaults(command: str) -> dict[str, Any]:
+    """Every setting of `command` at its default; a sweep holds its member settings' list forms."""
+    values = {}
+    for s in of(command):
+        if command == "sweep" and s.role == MEMBER:
+            values[s.plural] = s.plural_default
+            if s.count:
+                values[s.count] = s.count_default
+        else:
+            values[s.name] = s.default
+    return values
+
+
+def parsers(command: str) -> dict[str, Callable[[Any], Any]]:
+    """The parser of each of `command`'s values by name (a sweep's member settings as lists)."""
+    out = {}
+    for s in of(command):
+        if command == "sweep" and s.role == MEMBER:
+            out[s.plural] = list_of(s.parse)
+            if s.count:
+                out[s.count] = _count
+        else:
+            out[s.name] = s.parse
+    return out
+
+
+def _count(value: Any) -> int:
+    number = positive_int(value)
+    if number > SEED_LIMIT:
+        raise ValueError(f"{number} goes past the PRNG's 32-bit seeds: choose fewer")
+    return number
+
+
+def config(values: Mapping[str, Any], train_size: int, **engine_fields) -> engine.Config:
+    """The engine's Config of these values (defaults for those not given), with what a default stands for filled
+    in: the optimizer's weight decay, the convolution form of this backend, no hidden sizes but the MLP's."""
+    static = {s.name: values.get(s.name, s.default) for s in SETTINGS if s.role == STATIC}
+    if static["weight_decay"] is None:
+        static["weight_decay"] = engine.OPTIMIZERS[static["optimizer"]].weight_decay
+    if static["conv"] == "auto":
+        static["conv"] = models.default_conv()
+    static["hidden"] = tuple(static["hidden"]) if static["model"] == BY_NAME["hidden"].model else ()
+    return engine.Config(**static, train_size=train_size, **engine_fields)
+
+
+def member_value(setting: Setting, value: Any, config: engine.Config) -> Any:
+    """A member setting's value with its default filled in (the learning rate: the optimizer's)."""
+    if setting.name == "lr" and value is None:
+        return engine.OPTIMIZERS[config.optimizer].learning_rate
+    return value
+
+
+def member(values: Mapping[str, Any], config: engine.Config) -> dict[str, Any]:
+    """A single run's member: {setting name: value} in declaration order."""
+    return {s.name: member_value(s, values.get(s.name, s.default), config) for s in members_of()}
+
+
+def sweep_members(values: Mapping[str, Any], config: engine.Config) -> list[dict[str, Any]]:
+    """Every member of a sweep: the product of the member settings' lists, in declaration order."""
+    spaces = []
+    for s in members_of():
+        listed = values.get(s.plural, s.plural_default)
+        if listed is None and s.count:
+            listed = list(range(values.get(s.count, s.count_default)))
+        spaces.append(listed if listed is not None else [member_value(s, None, config)])
+    names = [s.name for s in members_of()]
+    return [dict(zip(names, combination)) for combination in itertools.product(*spaces)]
+
+
+def hyper(members: dict | Sequence[dict]) -> engine.Hyper:
+    """The members' hyperparameters as arrays: scalars for one member (a dict), stacked for a list of them."""
+    if isinstance(members, Mapping):
+        return {s.name: jnp.asarray(s.encode(members[s.name]), s.dtype) for s in members_of()}
+    return {s.name: jnp.asarray([s.encode(m[s.name]) for m in members], s.dtype) for s in members_of()}
+
+
+def _text(value: Any, sep: str = "x") -> str:
+    if isinstance(value, (tuple, list)):
+        return sep.join(_text(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def member_label(member: Mapping[str, Any]) -> str:
+    """How people name a member, and how --member and --export-member take it: relu,0,0.002."""
+    return ",".join(_text(member[s.name]) for s in members_of())
+
+
+def member_folder(member: Mapping[str, Any]) -> str:
+    """A member's folder (its TensorBoard run, its evaluation): relu-seed0-lr0.002."""
+    return "-".join(f"{s.tag}{_text(member[s.name])}" for s in members_of())
+
+
+def parse_member_label(text: str) -> dict[str, Any]:
+    """ACTIVATION,SEED[,LR] -> the member settings it names (the last ones may be left out)."""
+    parts = text.split(",")
+    names = members_of()
+    if not 2 <= len(parts) <= len(names):
+        raise ValueError(f"member {text!r} must be {member_pattern()}, e.g. relu,3 or relu,3,0.001")
+    try:
+        return {s.name: s.parse(part.strip()) for s, part in zip(names, parts)}
+    except ValueError:
+        raise ValueError(f"member {text!r} must be {member_pattern()}, e.g. relu,3 or relu,3,0.001") from None
+
+
+def member_pattern() -> str:
+    first, *rest = [s.name.upper() for s in members_of()]
+    return first + "," + rest[0] + "".join(f"[,{name}]" for name in rest[1:])
+
+
+def recipe(config: engine.Config, member: Mapping[str, Any]) -> dict[str, Any]:
+    """The training recipe as summaries record it: every setting that shapes training but those named beside it
+    (model, activation, seed)."""
+    return {s.record_key: _value_of(s, config, member) for s in SETTINGS
+            if s.identity and s.role in (STATIC, MEMBER) and s.name not in ("model", "activation", "seed")}
+
+
+def hparams(config: engine.Config, member: Mapping[str, Any]) -> dict[str, Any]:
+    """What TensorBoard's HParams tab compares for one member: every setting that shapes training, each a scalar
+    (the MLP's hidden sizes as text, 256x128)."""
+    out = {}
+    for s in SETTINGS:
+        if s.identity and s.role in (STATIC, MEMBER) and (s.model is None or s.model == config.model):
+            value = _value_of(s, config, member)
+            out[s.name] = _text(value) if isinstance(value, (tuple, list)) else value
+    return out
+
+
+def _value_of(s: Setting, config: engine.Config, member: Mapping[str, Any]) -> Any:
+    value = member[s.name] if s.role == MEMBER else getattr(config, s.name)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def workdir_name(command: str, values: Mapping[str, Any]) -> Path:
+    """checkpoints/<stem>[-<setting><value>...] naming the identity settings whose value differs from the default,
+    so that two different runs never share a workdir and the same command always finds its own (a short hash of
+    them where the name would be long). train's stem names model, activation and seed; a sweep's names the model,
+    and its member lists and sweep settings come first."""
+    if command == "train":
+        stem = f"{values['model']}-{values['activation']}-seed{values['seed']}"
+        named = [(s.name, s) for s in of("train") if s.identity and s.name not in ("model", "activation", "seed")]
+    else:
+        stem = f"sweep-{values['model']}"
+        spaces = [(name, s) for s in members_of() for name in (s.count, s.plural) if name]
+        named = spaces + [(s.name, s) for s in members_of(SWEEP) if s.identity] + \
+            [(s.name, s) for s in SETTINGS if s.identity and s.role not in (MEMBER, SWEEP) and s.name != "model"]
+    base = defaults(command)
+    changed = [f"{name.replace('_', '')}{_text(values[name], ',' if name == s.plural else 'x')}"
+               for name, s in named
+               if values[name] != base[name] and (s.model is None or values["model"] == s.model)]
+    name = "-".join([stem, *changed])
+    if len(name) > 80:
+        name = f"{stem}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+    return Path("checkpoints") / name
