@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import itertools
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -110,6 +111,8 @@ def list_of(parse_one: Callable[[Any], Any]) -> Callable[[Any], list]:
 
 
 def path(value: Any) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ValueError(f"{value!r} is not a path")
     return Path(value)
 
 
