@@ -30,8 +30,8 @@ BEST_METRIC = "selection"
 def open_manager(directory: str | os.PathLike, keep_latest: int = 3) -> ocp.CheckpointManager:
     """A manager that keeps the latest `keep_latest` steps plus the best by its selection score.
 
-    Saves are synchronous: a LeNet checkpoint takes about 0.07 s to write, but an async save left running beside the
-    next epoch slowed that epoch by about half (2.1 s against 1.4 s) on a 2-core CPU.
+    Saves are synchronous: a checkpoint takes a fraction of an epoch to write, and an async save running beside the
+    next epoch slowed that epoch far more on a 2-core CPU (docs/performance.md).
     """
     best = lambda metrics: metrics[BEST_METRIC]  # noqa: E731
     options = ocp.CheckpointManagerOptions(

@@ -102,7 +102,7 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
         if distributed.is_primary():  # drops damaged rows and those of epochs whose checkpoint was lost
             records.write_rows(layout.metrics, rows)
             board = _writing_events(layout, lambda: events.Board(layout.tb, trainer.board_runs(), start + 1))
-        state, place = _resume_place(layout, trainer, start, state)
+        state, place = _resume_place(layout, trainer, start, epochs, state)
         plan = lambda done=0: pieces(trainer.steps_per_epoch, trainer.members_per_device,  # noqa: E731
                                      trainer.piece_member_steps, done)
         order, programs, compile_seconds = _compile(trainer, state, plan())
@@ -143,7 +143,7 @@ def _resume(layout: Layout, manager, trainer: Trainer) -> tuple[int, Any, list[d
     return start, state, rows
 
 
-def _resume_place(layout: Layout, trainer: Trainer, start: int, state) -> tuple[Any, dict | None]:
+def _resume_place(layout: Layout, trainer: Trainer, start: int, epochs: int, state) -> tuple[Any, dict | None]:
     """The state at the place inside epoch `start + 1` where a launch was stopped, if it was; says where it resumes."""
     place = None
     if layout.interrupted.exists():
@@ -157,7 +157,7 @@ def _resume_place(layout: Layout, trainer: Trainer, start: int, state) -> tuple[
         print(f"resuming {layout.root} in epoch {start + 1} after step {place['next_step']} of "
               f"{trainer.steps_per_epoch}")
     elif start:
-        print(f"resuming {layout.root} after epoch {start}")
+        print(f"resuming {layout.root} after epoch {start} of {epochs}")
     return state, place
 
 

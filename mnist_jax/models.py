@@ -89,9 +89,9 @@ class LeNet(nn.Module):
 class Model:
     """A model of the registry: how to build it, and how many member-steps make a piece of an epoch (loop.pieces).
 
-    A piece of that size trains for 1.4-2 s on the 2-core AVX-512 "AMD EPYC" (2-3x that on the slower AVX2 EPYC), so
-    that even a large sweep's progress bar moves, and Ctrl-C takes effect, within seconds, and is long enough that
-    the fixed part of a piece stays out of sight (the benchmark's `sweep_pieces` measures it).
+    A piece of that size trains for a second or two on a laptop-class CPU, so that even a large sweep's progress bar
+    moves, and Ctrl-C takes effect, within seconds, and is long enough that the fixed part of a piece stays out of
+    sight (the benchmark's `sweep_pieces` measures it; docs/performance.md has the figures).
     """
 
     build: Callable[[Sequence[int], jnp.dtype, str], nn.Module]
