@@ -21,7 +21,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _type(parse):
+def argument_type(parse):
     """A settings parser as an argparse type: its ValueError becomes argparse's one-line error."""
     def convert(text: str):
         try:
@@ -50,15 +50,15 @@ def add_settings(parser: argparse.ArgumentParser, command: str) -> None:
         if s.parse is settings.flag:
             target.add_argument(flag, action="store_true", help=s.help)
         elif name == s.count:
-            target.add_argument(flag, type=_type(parse), default=defaults[name],
+            target.add_argument(flag, type=argument_type(parse), default=defaults[name],
                                 help=f"{s.name}s 0..N-1 (default: %(default)s)")
         elif name == s.plural:
             shown = ",".join(map(str, defaults[name])) if defaults[name] else None
             text = f"comma-separated {s.name} values" + (f" (default: {shown})" if shown else "") + (
                 f" (overrides --{s.count})" if s.count else "") + ("" if shown or s.count else f"; {s.help}")
-            target.add_argument(flag, type=_type(parse), default=defaults[name], help=text)
+            target.add_argument(flag, type=argument_type(parse), default=defaults[name], help=text)
         else:
-            target.add_argument(flag, type=_type(parse), default=defaults[name], metavar=s.metavar,
+            target.add_argument(flag, type=argument_type(parse), default=defaults[name], metavar=s.metavar,
                                 choices=s.choices, help=_help(s.help, defaults[name]))
 
 
@@ -68,7 +68,8 @@ def add_data_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (default: as the run was trained)")
     for name in ("dataset", "data_source", "data_dir"):
         s = settings.BY_NAME[name]
-        group.add_argument("--" + name.replace("_", "-"), type=_type(s.parse), default=None, choices=s.choices,
+        group.add_argument("--" + name.replace("_", "-"), type=argument_type(s.parse), default=None,
+                           choices=s.choices,
                            help=s.help)
 
 

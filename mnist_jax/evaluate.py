@@ -20,7 +20,7 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=None,
                         help="where the PNGs and evaluation.json go (default: <workdir>/evaluation, and "
                              "<workdir>/evaluation/<activation>-seed<seed>-lr<lr> for a sweep's member)")
-    parser.add_argument("--errors", type=cli.positive_int, default=25,
+    parser.add_argument("--errors", type=cli.argument_type(settings.positive_int), default=25,
                         help="how many confidently wrong images to show (default: %(default)s)")
     cli.add_data_settings(parser)
     cli.add_cache_setting(parser)

@@ -339,8 +339,10 @@ def parse_member_label(text: str) -> dict[str, Any]:
     names = members_of()
     if not 2 <= len(parts) <= len(names):
         raise ValueError(f"member {text!r} must be {member_pattern()}, e.g. relu,3 or relu,3,0.001")
+    # Each part as its setting reads it, but unchecked against its choices: a name no member has is the sweep's to
+    # report, with the members it has.
     try:
-        return {s.name: s.parse(part.strip()) for s, part in zip(names, parts)}
+        return {s.name: part.strip() if s.choices else s.parse(part.strip()) for s, part in zip(names, parts)}
     except ValueError:
         raise ValueError(f"member {text!r} must be {member_pattern()}, e.g. relu,3 or relu,3,0.001") from None
 

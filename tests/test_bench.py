@@ -2,17 +2,15 @@
 
 import json
 
-import pytest
+from mnist_jax import bench
 
-from mnist_jax import bench, cli
+from conftest import run_cli
 
 
 def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(bench.main, ["--train-limit", "512", "--epochs", "1", "--seeds", "1", "--json", str(out),
-                             "--torch-python", "/nonexistent/python"])
-    assert exit_info.value.code == 0
+    assert run_cli(bench.main, "--train-limit", "512", "--epochs", "1", "--seeds", "1", "--json", out,
+                   "--torch-python", "/nonexistent/python") == 0
     results = json.loads(out.read_text())
     for model in ("lenet", "mlp"):
         assert results[model]["epoch_seconds"] > 0 and results[model]["images_per_second"] > 0

@@ -8,8 +8,11 @@ from mnist_jax import checkpoint, engine
 from mnist_jax.errors import UserError
 from mnist_jax.workdir import abstract_member
 
-CONFIG = engine.Config(model="mlp", hidden=(16,), batch_size=32, epochs=2, train_size=256)
-HYPER = engine.Hyper.create("elu", 1e-3, 7)
+from conftest import make_config, make_hyper
+
+CONFIG = make_config("mlp", hidden=(16,), batch_size=32, epochs=2, train_size=256)
+HYPER = make_hyper("elu", 1e-3, 7)
+ONE_DEVICE = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
 def test_state_and_metadata_round_trip_through_an_abstract_target(tmp_path):
@@ -17,7 +20,7 @@ def test_state_and_metadata_round_trip_through_an_abstract_target(tmp_path):
     manager = checkpoint.open_manager(tmp_path)
     checkpoint.save(manager, 3, state, {"epoch": 3, "note": "x"}, {checkpoint.BEST_METRIC: 0.5})
     manager.wait_until_finished()
-    restored, meta = checkpoint.restore(manager, 3, abstract_member(CONFIG, HYPER, jax.sharding.SingleDeviceSharding(jax.devices()[0])))
+    restored, meta = checkpoint.restore(manager, 3, abstract_member(CONFIG, HYPER, ONE_DEVICE))
     manager.close()
     chex.assert_trees_all_equal(restored, state)
     chex.assert_trees_all_equal_dtypes(restored, state)
@@ -45,5 +48,5 @@ def test_a_damaged_step_is_named_in_the_error(tmp_path):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"\0" * 7)
     with pytest.raises(UserError, match="checkpoint step 1 .* corrupted"):
-        checkpoint.restore(manager, 1, abstract_member(CONFIG, HYPER, jax.sharding.SingleDeviceSharding(jax.devices()[0])))
+        checkpoint.restore(manager, 1, abstract_member(CONFIG, HYPER, ONE_DEVICE))
     manager.close()

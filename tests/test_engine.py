@@ -10,17 +10,19 @@ import pytest
 
 from mnist_jax import engine
 
+from conftest import make_config, make_hyper, train_epoch
+
 
 def small_config(model="mlp", **overrides):
-    return engine.Config(model=model, hidden=(64,), batch_size=64, epochs=3, train_size=2048,
-                         eval_batch_size=200, **overrides)
+    return make_config(model, hidden=(64,), batch_size=64, epochs=3, train_size=2048, eval_batch_size=200,
+                       **overrides)
 
 
 class TrainStepTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_train_step_jitted_equals_not_jitted(self):
         config = small_config("lenet")
-        hyper = engine.Hyper.create("elu", 1e-3, 3)
+        hyper = make_hyper("elu", 1e-3, 3)
         state = engine.init_member(config, hyper)
         images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 28, 28), np.uint8))
         labels = jnp.arange(64, dtype=jnp.int32) % 10
@@ -38,13 +40,13 @@ class TrainStepTest(chex.TestCase):
 def test_a_short_run_really_learns(small_mnist, model):
     x_train, y_train, x_test, y_test = map(jnp.asarray, small_mnist)
     config = small_config(model)
-    hyper = engine.Hyper.create("relu", 2e-3, 0)
+    hyper = make_hyper("relu", 2e-3, 0)
     state = engine.init_member(config, hyper)
     before = engine.evaluate(config, state.params, hyper, x_test, y_test)
-    train_epoch = jax.jit(engine.train_epoch, static_argnums=0)
+    epoch = jax.jit(train_epoch, static_argnums=0)
     losses = []
     for _ in range(config.epochs):
-        state, metrics = train_epoch(config, state, hyper, x_train, y_train)
+        state, metrics = epoch(config, state, hyper, x_train, y_train)
         losses.append(float(metrics["loss"]))
     after = engine.evaluate(config, state.params, hyper, x_test, y_test)
     assert int(state.epoch) == config.epochs
@@ -55,9 +57,9 @@ def test_a_short_run_really_learns(small_mnist, model):
 
 def test_batch_order_is_derived_from_seed_and_epoch_only():
     config = small_config()
-    state = engine.init_member(config, engine.Hyper.create("relu", 1e-3, 5))
-    again = engine.init_member(config, engine.Hyper.create("elu", 3e-3, 5))
-    other_seed = engine.init_member(config, engine.Hyper.create("relu", 1e-3, 6))
+    state = engine.init_member(config, make_hyper("relu", 1e-3, 5))
+    again = engine.init_member(config, make_hyper("elu", 3e-3, 5))
+    other_seed = engine.init_member(config, make_hyper("relu", 1e-3, 6))
     order = engine.epoch_order(config, state)
     chex.assert_shape(order, (config.steps_per_epoch, config.batch_size))
     np.testing.assert_array_equal(order, engine.epoch_order(config, again))
@@ -69,8 +71,8 @@ def test_batch_order_is_derived_from_seed_and_epoch_only():
 def test_same_seed_gives_bit_identical_training(small_mnist):
     x_train, y_train, _, _ = map(jnp.asarray, small_mnist)
     config = small_config()
-    hyper = engine.Hyper.create("leaky_relu", 1e-3, 11)
-    run = lambda: jax.jit(engine.train_epoch, static_argnums=0)(  # noqa: E731
+    hyper = make_hyper("leaky_relu", 1e-3, 11)
+    run = lambda: jax.jit(train_epoch, static_argnums=0)(  # noqa: E731
         config, engine.init_member(config, hyper), hyper, x_train, y_train)[0]
     chex.assert_trees_all_equal(run().params, run().params)
 
@@ -78,32 +80,46 @@ def test_same_seed_gives_bit_identical_training(small_mnist):
 def test_a_diverging_member_freezes_with_finite_parameters(small_mnist):
     x_train, y_train, _, _ = map(jnp.asarray, small_mnist)
     config = small_config()
-    hyper = engine.Hyper.create("relu", 1e4, 0)
-    state, _ = jax.jit(engine.train_epoch, static_argnums=0)(config, engine.init_member(config, hyper), hyper,
+    hyper = make_hyper("relu", 1e4, 0)
+    state, _ = jax.jit(train_epoch, static_argnums=0)(config, engine.init_member(config, hyper), hyper,
                                                              x_train, y_train)
     assert bool(state.diverged)
     chex.assert_tree_all_finite(state.params)
     frozen = state
-    state, _ = jax.jit(engine.train_epoch, static_argnums=0)(config, state, hyper, x_train, y_train)
+    state, _ = jax.jit(train_epoch, static_argnums=0)(config, state, hyper, x_train, y_train)
     chex.assert_trees_all_equal(state.params, frozen.params)
 
 
 def test_evaluate_covers_every_image_when_the_split_is_not_a_multiple_of_the_eval_batch(small_mnist):
     _, _, x_test, y_test = map(jnp.asarray, small_mnist)
     config = small_config()
-    hyper = engine.Hyper.create("relu", 1e-3, 0)
+    hyper = make_hyper("relu", 1e-3, 0)
     params = engine.init_member(config, hyper).params
     n = 437
     result = engine.evaluate(config, params, hyper, x_test[:n], y_test[:n])
-    logits = engine._model(config).apply(params, x_test[:n], hyper.activation)
+    logits = engine.apply(config, params, hyper, x_test[:n])
     chex.assert_shape(engine.predict_logits(config, params, hyper, x_test[:n]), (n, 10))
     np.testing.assert_allclose(result["accuracy"], np.mean(np.argmax(logits, -1) == np.asarray(y_test[:n])))
 
 
-def test_learning_rate_is_optimizer_state_so_members_can_differ():
-    config = small_config()
-    state = engine.init_member(config, engine.Hyper.create("relu", 0.123, 0))
-    assert np.isclose(float(state.opt_state[0].hyperparams["learning_rate"]), 0.123)
+def test_learning_rate_is_data_so_members_can_differ(small_mnist):
+    # A constant schedule, so that the first step already moves by the peak learning rate (warmup starts at 0).
+    config = small_config(schedule="constant")
+    x, y = jnp.asarray(small_mnist[0][:64]), jnp.asarray(small_mnist[1][:64])
+    step = jax.jit(engine.train_step, static_argnums=0)  # the learning rate is a traced argument of the step
+    start = engine.init_member(config, make_hyper("relu", 0.01, 0)).params
+    after, moved = {}, {}
+    for lr in (0.01, 0.02):
+        hyper = make_hyper("relu", lr, 0)
+        state = engine.init_member(config, hyper)
+        chex.assert_trees_all_equal(state.params, start)  # same seed: only the learning rate differs
+        after[lr] = step(config, state, hyper, x, y)[0].params
+        moved[lr] = jax.tree.map(jnp.subtract, after[lr], start)
+    assert all(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(after[0.01]), jax.tree.leaves(after[0.02])))
+    # AdamW's first update (the normalised gradient plus the decay) scales with the learning rate: twice as far.
+    chex.assert_trees_all_close(moved[0.02], jax.tree.map(lambda d: 2 * d, moved[0.01]), atol=1e-6, rtol=1e-3)
+    lrs = engine.learning_rate(config, np.array([0.01, 0.02]), 1)
+    np.testing.assert_allclose(lrs, [0.01, 0.02], rtol=1e-6)  # each member's own, as the rows record
 
 
 @pytest.mark.parametrize("model", ["lenet", "mlp"])
@@ -112,7 +128,7 @@ def test_jitted_gradients_equal_op_by_op_gradients(small_mnist, model):
     # part of LeNet's conv1 gradient under jit while op-by-op execution was right.
     x, y = jnp.asarray(small_mnist[0][:64]), jnp.asarray(small_mnist[1][:64])
     config = small_config(model)
-    hyper = engine.Hyper.create("relu", 1e-3, 0)
+    hyper = make_hyper("relu", 1e-3, 0)
     params = engine.init_member(config, hyper).params
-    grad = jax.grad(lambda p: engine._loss_and_logits(p, config, hyper, x, y)[0])
+    grad = jax.grad(lambda p: engine.loss_and_logits(p, config, hyper, x, y)[0])
     chex.assert_trees_all_close(jax.jit(grad)(params), grad(params), atol=1e-6, rtol=1e-5)

@@ -7,20 +7,15 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mnist_jax import cli, engine, sweep, train
+from mnist_jax import engine, sweep, train
 
-SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "1024", "--test-limit", "256",
-         "--validation-size", "512"]
+from conftest import SMALL, make_config, run_cli
+
+QUICK = [*SMALL, "--validation-size", "512"]  # fewer held-out images: less evaluation per epoch
 TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy", "val_loss": "val/loss",
         "val_accuracy": "val/accuracy", "test_loss": "test/loss", "test_accuracy": "test/accuracy",
         "learning_rate": "learning_rate", "epoch_seconds": "time/epoch_seconds",
         "images_per_second": "time/images_per_second"}
-
-
-def run(main, *argv) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(main, [str(a) for a in argv])
-    return exit_info.value.code
 
 
 def rows(workdir):
@@ -57,18 +52,19 @@ def assert_matches(scalars: dict, metric_rows: list[dict]):
 
 def test_a_train_run_writes_its_metrics_rows_as_tensorboard_scalars(tmp_path):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "2", "--lr", "0.003", "--seed", "5", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "2", "--lr", "0.003", "--seed", "5", "--workdir", workdir) == 0
     (run_dir,) = (workdir / "tb").iterdir()
     assert run_dir.name == "relu-seed5-lr0.003"
     assert_matches(read_scalars(run_dir), rows(workdir))
     assert hparams_of(run_dir) == {"activation": "relu", "seed": 5, "lr": 0.003, "model": "mlp", "optimizer": "adamw",
-                                   "schedule": "warmup-cosine", "weight_decay": 0.2, "batch_size": 64, "epochs": 2}
+                                   "schedule": "warmup-cosine", "weight_decay": 0.2, "batch_size": 64, "epochs": 2,
+                                   "hidden": "32", "dtype": "float32"}
 
 
 def test_each_sweep_member_is_a_tensorboard_run_with_its_hparams(tmp_path):
     workdir = tmp_path / "sweep"
-    assert run(sweep.main, *SMALL, "--activations", "elu,relu", "--seeds", "1", "--lrs", "0.001,0.01",
-               "--epochs", "2", "--workdir", workdir) == 0
+    assert run_cli(sweep.main, *QUICK, "--activations", "elu,relu", "--seeds", "1", "--lrs", "0.001,0.01",
+                   "--epochs", "2", "--workdir", workdir) == 0
     metric_rows = rows(workdir)
     names = sorted(p.name for p in (workdir / "tb").iterdir())
     assert names == ["elu-seed0-lr0.001", "elu-seed0-lr0.01", "relu-seed0-lr0.001", "relu-seed0-lr0.01"]
@@ -79,23 +75,24 @@ def test_each_sweep_member_is_a_tensorboard_run_with_its_hparams(tmp_path):
         assert_matches(read_scalars(run_dir), member_rows)
         hparams = hparams_of(run_dir)
         assert (hparams["activation"], hparams["seed"], hparams["lr"]) == (member["activation"], 0, member["lr"])
+        assert (hparams["model"], hparams["hidden"], hparams["epochs"]) == ("mlp", "32", 2)
 
 
 def test_a_resumed_run_continues_its_curves_without_duplicate_epochs(tmp_path):
     workdir = tmp_path / "run"
-    argv = [*SMALL, "--epochs", "3", "--workdir", workdir]
-    assert run(train.main, *argv) == 0
+    argv = [*QUICK, "--epochs", "3", "--workdir", workdir]
+    assert run_cli(train.main, *argv) == 0
     # The process died after writing epoch 3's events, before its checkpoint was complete: epoch 3 is trained again.
     shutil.rmtree(workdir / "checkpoints" / "3")
-    assert run(train.main, *argv) == 0
+    assert run_cli(train.main, *argv) == 0
     assert len(list((workdir / "tb" / "relu-seed0-lr0.002").iterdir())) == 2  # one event file per launch
     assert_matches(read_scalars(workdir / "tb" / "relu-seed0-lr0.002"), rows(workdir))
 
 
 def test_the_learning_rate_is_that_of_each_epochs_last_step():
-    config = engine.Config(model="mlp", epochs=3, train_size=640, batch_size=64)  # 10 steps an epoch, warmup 1 epoch
+    config = make_config("mlp", epochs=3, train_size=640, batch_size=64)  # 10 steps an epoch, warmup 1 epoch
     assert engine.learning_rate(config, 0.01, 1) == pytest.approx(0.01 * 9 / 10)
     assert engine.learning_rate(config, 0.01, 2) < 0.01
     assert engine.learning_rate(config, 0.01, 3) < 1e-4  # cosine decays to zero at the last step
-    constant = engine.Config(model="mlp", epochs=3, train_size=640, batch_size=64, schedule="constant")
+    constant = make_config("mlp", epochs=3, train_size=640, batch_size=64, schedule="constant")
     assert [engine.learning_rate(constant, 0.01, epoch) for epoch in (1, 2, 3)] == [0.01] * 3

@@ -16,26 +16,15 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoint, cli, engine, evaluate, loop, records, sweep, train
+from mnist_jax import checkpoint, cli, engine, evaluate, loop, records, settings, sweep, train
 from mnist_jax.data import write_idx
 from mnist_jax.models import MODELS
-from mnist_jax.workdir import hold, load_sweep_member
+from mnist_jax.workdir import hold, load_member
+
+from conftest import SMALL, last_error_line, make_config, make_hyper, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "1024", "--test-limit", "256",
-         "--validation-size", "500"]
-
-
-def run(main, *argv) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(main, [str(a) for a in argv])
-    return exit_info.value.code
-
-
-def last_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return err.strip().splitlines()[-1].split("\r")[-1].strip()
+QUICK = [*SMALL, "--validation-size", "500"]  # fewer held-out images: less evaluation per epoch
 
 
 def strict_json(path: Path):
@@ -45,30 +34,35 @@ def strict_json(path: Path):
 
 
 def test_two_different_commands_get_different_default_workdirs_and_one_command_always_the_same():
-    default = train.parse_args(["--model", "mlp"]).workdir
-    one_epoch = train.parse_args(["--model", "mlp", "--epochs", "1"]).workdir
-    fashion = train.parse_args(["--model", "mlp", "--dataset", "fashion_mnist", "--data-dir", "/somewhere"]).workdir
+    def workdir(command, *argv):
+        parser = {"train": train.parser, "sweep": sweep.parser}[command]()
+        return settings.workdir_name(command, cli.parse(parser, list(argv)))
+
+    default = workdir("train", "--model", "mlp")
+    one_epoch = workdir("train", "--model", "mlp", "--epochs", "1")
+    fashion = workdir("train", "--model", "mlp", "--dataset", "fashion_mnist", "--data-dir", "/somewhere")
     assert len({default, one_epoch, fashion}) == 3
-    assert one_epoch == train.parse_args(["--epochs", "1", "--model", "mlp"]).workdir
+    assert one_epoch == workdir("train", "--epochs", "1", "--model", "mlp")
     assert default == Path("checkpoints/mlp-relu-seed0") and one_epoch == Path("checkpoints/mlp-relu-seed0-epochs1")
-    assert sweep.parse_args(["--lrs", "0.001,0.01"]).workdir != sweep.parse_args(["--lrs", "0.001"]).workdir
+    assert workdir("sweep", "--lrs", "0.001,0.01") != workdir("sweep", "--lrs", "0.001")
+    assert workdir("sweep", "--lrs", "0.001") == workdir("sweep", "--lrs", "0.001")
 
 
 def test_fresh_never_deletes_a_folder_without_a_run_record(tmp_path, capsys):
     other = tmp_path / "checkpoints" / "someone-elses"
     other.mkdir(parents=True)
     (other / "weights.bin").write_bytes(b"precious")
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", tmp_path, "--fresh") == 2
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", tmp_path, "--fresh") == 2
     assert "no run.json" in last_error_line(capsys)
     assert (other / "weights.bin").read_bytes() == b"precious"
 
 
 def test_fresh_deletes_only_what_the_run_wrote(tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
-    assert run(evaluate.main, "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", workdir) == 0
+    assert run_cli(evaluate.main, "--workdir", workdir) == 0
     (workdir / "my_notes.txt").write_text("keep me")
-    assert run(train.main, *SMALL, "--epochs", "1", "--activation", "elu", "--workdir", workdir, "--fresh") == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--activation", "elu", "--workdir", workdir, "--fresh") == 0
     assert (workdir / "my_notes.txt").read_text() == "keep me"
     assert not (workdir / "evaluation").exists()
     assert json.loads((workdir / "run.json").read_text())["activation"] == "elu"
@@ -76,10 +70,10 @@ def test_fresh_deletes_only_what_the_run_wrote(tmp_path, capsys):
 
 def test_a_second_launch_into_a_held_workdir_names_the_holder_and_changes_nothing(tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", workdir) == 0
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.name != ".lock"}
     with hold(workdir):
-        assert run(train.main, *SMALL, "--epochs", "2", "--workdir", workdir, "--fresh") == 2
+        assert run_cli(train.main, *QUICK, "--epochs", "2", "--workdir", workdir, "--fresh") == 2
         assert f"in use by PID {os.getpid()}" in last_error_line(capsys)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.name != ".lock"} == before
 
@@ -101,39 +95,39 @@ def test_a_full_disk_mid_run_is_one_line_and_the_same_command_resumes(fail, tmp_
 
     monkeypatch.setattr(checkpoint, "save", save) if fail == "checkpoint" else \
         monkeypatch.setattr(records, "append_row", append_row)
-    assert run(train.main, *SMALL, "--epochs", "3", "--workdir", workdir) == 2
+    assert run_cli(train.main, *QUICK, "--epochs", "3", "--workdir", workdir) == 2
     line = last_error_line(capsys)
     assert "No space left on device" in line and "resume after epoch 1" in line
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
     monkeypatch.undo()
-    assert run(train.main, *SMALL, "--epochs", "3", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "3", "--workdir", workdir) == 0
     assert [r["epoch"] for r in records.read_rows(workdir / "metrics.jsonl")] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("damage", ['{"epoch": 2, "train_lo', "\x00\x00garbage\n"])
 def test_a_damaged_last_metrics_line_is_dropped_with_a_warning_and_the_run_resumes(damage, tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "2", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "2", "--workdir", workdir) == 0
     first = (workdir / "metrics.jsonl").read_text().splitlines()[0]
     (workdir / "metrics.jsonl").write_text(first + "\n" + damage)  # a crash while writing epoch 2's row
     shutil.rmtree(workdir / "checkpoints" / "2")  # which came before its checkpoint
     capsys.readouterr()
-    assert run(train.main, *SMALL, "--epochs", "2", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "2", "--workdir", workdir) == 0
     assert "dropped damaged line" in capsys.readouterr().err
     assert [r["epoch"] for r in records.read_rows(workdir / "metrics.jsonl")] == [1, 2]
 
 
 def test_a_damaged_run_record_is_one_line_naming_it(tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", workdir) == 0
     (workdir / "run.json").write_text('{"format": 2, "conf')
-    assert run(evaluate.main, "--workdir", workdir) == 2
+    assert run_cli(evaluate.main, "--workdir", workdir) == 2
     assert f"{workdir / 'run.json'} is damaged" in last_error_line(capsys)
 
 
 def test_a_diverged_run_ends_cleanly_with_strict_json_and_says_so(tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "2", "--weight-decay", "1e30", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "2", "--weight-decay", "1e30", "--workdir", workdir) == 0
     out = capsys.readouterr().out
     assert "DIVERGED in epoch" in out.strip().splitlines()[-1]
     summary = strict_json(workdir / "summary.json")
@@ -141,7 +135,7 @@ def test_a_diverged_run_ends_cleanly_with_strict_json_and_says_so(tmp_path, caps
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}"))
     swept = tmp_path / "sweep"
-    assert run(sweep.main, *SMALL, "--epochs", "1", "--lrs", "0.001,50", "--seeds", "2", "--workdir", swept) == 0
+    assert run_cli(sweep.main, *QUICK, "--epochs", "1", "--lrs", "0.001,50", "--seeds", "2", "--workdir", swept) == 0
     assert sum(m["diverged"] for m in strict_json(swept / "results.json")["members"]) == 6
     for png in ("learning_curves.png", "validation_vs_lr.png"):
         assert (swept / png).read_bytes()[:4] == b"\x89PNG"
@@ -163,22 +157,22 @@ def test_a_diverged_run_ends_cleanly_with_strict_json_and_says_so(tmp_path, caps
 ])
 def test_every_numeric_flag_out_of_its_domain_is_one_line_before_any_work(main, argv, fragment, tmp_path, capsys):
     extra = [] if main is evaluate.main else ["--workdir", str(tmp_path / "w")]
-    assert run(main, *argv, *extra) == 2
+    assert run_cli(main, *argv, *extra) == 2
     assert fragment in last_error_line(capsys)
     assert not (tmp_path / "w").exists()
 
 
 def test_evaluate_refuses_another_dataset_than_the_run_was_trained_on(tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
-    assert run(evaluate.main, "--workdir", workdir, "--dataset", "fashion_mnist") == 2
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", workdir) == 0
+    assert run_cli(evaluate.main, "--workdir", workdir, "--dataset", "fashion_mnist") == 2
     assert "trained on mnist" in last_error_line(capsys)
 
 
 def test_evaluate_into_a_closed_pipe_ends_quietly(tmp_path):
     workdir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "mnist_jax.train", *SMALL, "--epochs", "1", "--workdir", str(workdir)],
+    subprocess.run([sys.executable, "-m", "mnist_jax.train", *QUICK, "--epochs", "1", "--workdir", str(workdir)],
                    env=env, check=True, capture_output=True)
     result = subprocess.run(f"{sys.executable} -m mnist_jax.evaluate --workdir {workdir} | head -2", shell=True,
                             env=env, capture_output=True, text=True)
@@ -220,15 +214,15 @@ def test_a_really_full_disk_is_one_line_and_the_last_checkpoint_survives(tmpfs, 
 
 def test_a_read_only_workdir_reports_a_finished_run_and_evaluate_writes_elsewhere(tmpfs, tmp_path, capsys):
     workdir = tmpfs / "run"
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", workdir) == 0
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     capsys.readouterr()
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", workdir) == 0
     assert "already holds a finished run" in capsys.readouterr().out
-    assert run(evaluate.main, "--workdir", workdir) == 2
+    assert run_cli(evaluate.main, "--workdir", workdir) == 2
     assert "pass --out DIR" in last_error_line(capsys)
-    assert run(evaluate.main, "--workdir", workdir, "--out", tmp_path / "elsewhere") == 0
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", tmpfs / "new") == 2
+    assert run_cli(evaluate.main, "--workdir", workdir, "--out", tmp_path / "elsewhere") == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", tmpfs / "new") == 2
     assert "Read-only file system" in last_error_line(capsys)
 
 
@@ -254,15 +248,15 @@ def test_a_signal_mid_epoch_stops_within_seconds_and_the_same_command_resumes_to
     resumed = subprocess.run([*argv, "--workdir", str(tmp_path / "stopped")], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0 and "resuming" in resumed.stdout
     subprocess.run([*argv, "--workdir", str(tmp_path / "straight")], env=env, check=True, capture_output=True)
-    for member in ("elu,0", "relu,0"):
-        chex.assert_trees_all_equal(load_sweep_member(tmp_path / "straight", member)[2],
-                                    load_sweep_member(tmp_path / "stopped", member)[2])
+    for spec in ("elu,0", "relu,0"):
+        chex.assert_trees_all_equal(load_member(tmp_path / "straight", spec)[0].state,
+                                    load_member(tmp_path / "stopped", spec)[0].state)
     assert [r["members"] for r in records.read_rows(tmp_path / "straight" / "metrics.jsonl")] == \
         [r["members"] for r in records.read_rows(tmp_path / "stopped" / "metrics.jsonl")]
 
 
 def test_progress_moves_inside_the_epoch_as_plain_lines_when_stderr_is_a_file(tmp_path, capsys):
-    assert run(sweep.main, *SMALL, "--seeds", "5", "--epochs", "1", "--workdir", tmp_path / "sweep") == 0
+    assert run_cli(sweep.main, *QUICK, "--seeds", "5", "--epochs", "1", "--workdir", tmp_path / "sweep") == 0
     err = capsys.readouterr().err
     positions = {line.split("step ")[1].split(" ")[0] for line in err.splitlines() if "epoch 1, step" in line}
     assert len(positions) >= 10 and "16/16" in positions  # 1024 images in batches of 64
@@ -285,8 +279,8 @@ def test_an_epochs_pieces_cover_every_step_once_wherever_it_resumes(steps, membe
 @pytest.mark.parametrize("model", ["mlp", "lenet"])
 def test_where_an_epoch_is_cut_into_pieces_does_not_change_a_bit(model, small_mnist):
     x, y = small_mnist[0][:640], small_mnist[1][:640]
-    config = engine.Config(model=model, hidden=(32,), batch_size=64, train_size=640)
-    hyper = engine.Hyper.create("elu", 2e-3, 0)
+    config = make_config(model, hidden=(32,), batch_size=64, train_size=640)
+    hyper = make_hyper("elu", 2e-3, 0)
 
     def train_in(plan):
         state = engine.init_member(config, hyper)
@@ -307,24 +301,24 @@ def test_evaluate_and_resume_refuse_other_data_than_the_run_was_trained_and_test
                             ("t10k-images-idx3-ubyte", mnist.x_test), ("t10k-labels-idx1-ubyte", test_labels)):
             write_idx(tmp_path / folder / name, array)
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0  # the bundled copy
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", workdir) == 0  # the bundled copy
     assert json.loads((workdir / "run.json").read_text())["content"] == mnist.content()
     # Another copy of the same data is fine; other data is one line, for evaluate and for a resume alike.
-    assert run(evaluate.main, "--workdir", workdir, "--data-source", "idx", "--data-dir", tmp_path / "same") == 0
+    assert run_cli(evaluate.main, "--workdir", workdir, "--data-source", "idx", "--data-dir", tmp_path / "same") == 0
     capsys.readouterr()
-    assert run(evaluate.main, "--workdir", workdir, "--data-source", "idx", "--data-dir", tmp_path / "other") == 2
+    assert run_cli(evaluate.main, "--workdir", workdir, "--data-source", "idx", "--data-dir", tmp_path / "other") == 2
     assert "are not those" in last_error_line(capsys)
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir, "--data-source", "idx",
-               "--data-dir", tmp_path / "other") == 2
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", workdir, "--data-source", "idx",
+                   "--data-dir", tmp_path / "other") == 2
     assert "content.test" in last_error_line(capsys)
 
 
 def test_a_run_recorded_before_data_digests_still_resumes(tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", workdir) == 0
     record = json.loads((workdir / "run.json").read_text())
     del record["content"]
     (workdir / "run.json").write_text(json.dumps(record))
     capsys.readouterr()
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert run_cli(train.main, *QUICK, "--epochs", "1", "--workdir", workdir) == 0
     assert "already holds a finished run" in capsys.readouterr().out

@@ -15,17 +15,18 @@ import time
 from pathlib import Path
 
 import chex
-import jax
 import jax.numpy as jnp
 import pytest
 
-from mnist_jax import cli, engine, evaluate, predict, sweep
-from mnist_jax.workdir import load_sweep_member
+from mnist_jax import evaluate, population, predict, settings
+from mnist_jax.workdir import load_member
+
+from conftest import SMALL, make_config, member, population_epoch, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "2048", "--test-limit", "512",
-         "--validation-size", "1000"]
-SWEEP = [*SMALL, "--activations", "elu,relu,leaky_relu", "--seeds", "1", "--lrs", "0.002", "--epochs", "3"]
+# Twice the images of SMALL (the later flag wins), so that accuracies compare to within 2 of 512 test images.
+SCALE = [*SMALL, "--train-limit", "2048", "--test-limit", "512", "--validation-size", "1000"]
+SWEEP = [*SCALE, "--activations", "elu,relu,leaky_relu", "--seeds", "1", "--lrs", "0.002", "--epochs", "3"]
 
 
 def command(module, *argv):
@@ -77,18 +78,15 @@ def test_train_on_four_devices_lands_with_the_one_device_result(lenet_one_and_fo
 def test_a_four_device_checkpoint_restores_on_one_for_evaluate_and_predict(lenet_one_and_four, tmp_path, mnist,
                                                                           capsys):
     workdir = lenet_one_and_four[0] / "d4"
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(evaluate.main, ["--workdir", str(workdir), "--out", str(tmp_path / "e")])
-    assert exit_info.value.code == 0
+    assert run_cli(evaluate.main, "--workdir", workdir, "--out", tmp_path / "e") == 0
     recorded = rows(workdir)[-1]["test_accuracy"]
     assert json.loads((tmp_path / "e" / "evaluation.json").read_text())["test_accuracy"] == \
         pytest.approx(recorded, abs=1e-6)
     from PIL import Image
     Image.fromarray(mnist.x_test[0]).save(tmp_path / "seven.png")
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(predict.main, ["--workdir", str(workdir), str(tmp_path / "seven.png")])
-    assert exit_info.value.code == 0 and capsys.readouterr().out.split("\t")[1] == "7"
+    assert run_cli(predict.main, "--workdir", workdir, tmp_path / "seven.png") == 0
+    assert capsys.readouterr().out.split("\t")[1] == "7"
 
 
 def test_a_one_device_checkpoint_resumes_on_four(lenet_one_and_four, tmp_path):
@@ -102,7 +100,7 @@ def test_a_one_device_checkpoint_resumes_on_four(lenet_one_and_four, tmp_path):
 
 
 def test_a_batch_that_does_not_split_over_the_devices_is_one_line(tmp_path):
-    result = subprocess.run(command("train", *SMALL, "--batch-size", "66", "--workdir", tmp_path / "w"),
+    result = subprocess.run(command("train", *SCALE, "--batch-size", "66", "--workdir", tmp_path / "w"),
                             env=environment(4), capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--batch-size 66 does not split over 4 devices" in result.stderr.strip().splitlines()[-1]
@@ -176,8 +174,8 @@ def test_a_two_process_sweep_killed_after_its_first_checkpoint_resumes_to_the_bi
     assert "resuming" in out0
     straight = tmp_path / "straight"
     wait_all(launch_processes(straight, extra=slow))
-    for member in ("elu,0", "relu,0", "leaky_relu,0"):
-        chex.assert_trees_all_equal(load_sweep_member(straight, member)[2], load_sweep_member(workdir, member)[2])
+    for spec in ("elu,0", "relu,0", "leaky_relu,0"):
+        chex.assert_trees_all_equal(load_member(straight, spec)[0].state, load_member(workdir, spec)[0].state)
 
 
 @pytest.mark.parametrize("case, fragments", [
@@ -219,13 +217,12 @@ def test_mismatched_process_counts_are_one_line_on_both_within_seconds(tmp_path)
 @pytest.mark.parametrize("chunk", [1, 2])
 def test_members_mapped_in_chunks_train_as_the_full_vmap_does(small_mnist, chunk):
     x_train, y_train = jnp.asarray(small_mnist[0]), jnp.asarray(small_mnist[1])
-    config = engine.Config(model="lenet", batch_size=64, epochs=1, train_size=len(y_train))
-    members = [sweep.Member("elu", 0, 1e-3), sweep.Member("relu", 1, 3e-3), sweep.Member("leaky_relu", 2, 2e-3)]
-    hyper = sweep.stacked_hyper(members)
-    state = sweep.init_stacked(config, hyper, shared_order=False)
-    mesh = sweep.member_mesh()
-    chunked = jax.jit(sweep.sweep_epoch(config, False, chunk, mesh))(state, hyper, x_train, y_train)
-    vmapped = jax.jit(sweep.sweep_epoch(config, False, None, mesh))(state, hyper, x_train, y_train)
+    config = make_config("lenet", batch_size=64, epochs=1, train_size=len(y_train))
+    members = [member("elu", 0, 1e-3), member("relu", 1, 3e-3), member("leaky_relu", 2, 2e-3)]
+    hyper = settings.hyper(members)
+    state = population.init(config, hyper, shared_order=False)
+    chunked = population_epoch(config, shared_order=False, vmap_chunk=chunk)(state, hyper, x_train, y_train)
+    vmapped = population_epoch(config, shared_order=False, vmap_chunk=None)(state, hyper, x_train, y_train)
     chex.assert_trees_all_close(chunked, vmapped, atol=1e-4, rtol=1e-4)
 
 

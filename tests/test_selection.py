@@ -1,30 +1,17 @@
 """Honest selection: a fixed validation split, the best checkpoint and the learning rates chosen on it, never on test."""
 
-import functools
 import json
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoint, cli, engine, evaluate, results, sweep, train
+from mnist_jax import checkpoint, cli, engine, evaluate, results, settings, sweep, train
 from mnist_jax.data import VALIDATION_SIZE, split_validation
-from mnist_jax.loop import Run, fit
-from mnist_jax.workdir import load_run, selection_of
+from mnist_jax.loop import fit
+from mnist_jax.workdir import Layout, load_run, selection_of
 
-SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "1024", "--test-limit", "256"]
-
-
-def run(main, *argv) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(main, [str(a) for a in argv])
-    return exit_info.value.code
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
+from conftest import SMALL, make_config, make_hyper, one_line_error, run_cli
 
 
 def test_the_validation_split_is_disjoint_fixed_and_of_the_asked_size():
@@ -38,8 +25,8 @@ def test_the_validation_split_is_disjoint_fixed_and_of_the_asked_size():
 
 
 @pytest.mark.parametrize("parse", [
-    lambda: train.parse_args(["--seed", "3", "--train-limit", "2000"]),
-    lambda: sweep.parse_args(["--seed-list", "11,12", "--train-limit", "2000"]),
+    lambda: cli.parse(train.parser(), ["--seed", "3", "--train-limit", "2000"]),
+    lambda: cli.parse(sweep.parser(), ["--seed-list", "11,12", "--train-limit", "2000"]),
 ])
 def test_every_run_and_member_holds_out_the_same_images_whatever_its_seed(parse, mnist, capsys):
     _, splits, record = cli.load_data(parse())
@@ -53,10 +40,10 @@ def test_every_run_and_member_holds_out_the_same_images_whatever_its_seed(parse,
 
 def test_train_records_the_validation_metrics_of_the_held_out_images(tmp_path, mnist):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "2", "--validation-size", "3000", "--workdir", workdir) == 0
-    config, hyper, state, _ = load_run(workdir)
+    assert run_cli(train.main, *SMALL, "--epochs", "2", "--validation-size", "3000", "--workdir", workdir) == 0
+    model = load_run(workdir)
     _, held_out = split_validation(len(mnist.y_train), 3000)
-    expected = engine.evaluate(config, state.params, hyper, jnp.asarray(mnist.x_train[held_out]),
+    expected = engine.evaluate(model.config, model.state.params, model.hyper, jnp.asarray(mnist.x_train[held_out]),
                                jnp.asarray(mnist.y_train[held_out]))
     row = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["val_accuracy"] == pytest.approx(float(expected["accuracy"]), abs=1e-6)
@@ -64,27 +51,46 @@ def test_train_records_the_validation_metrics_of_the_held_out_images(tmp_path, m
     assert json.loads((workdir / "run.json").read_text())["validation"]["images"] == 3000
 
 
-def test_the_best_checkpoint_follows_validation_not_test(tmp_path):
-    config = engine.Config(model="mlp", hidden=(8,), batch_size=32, epochs=3, train_size=64)
-    hyper = engine.Hyper.create("relu", 1e-3, 0)
-    scripted = {1: (0.70, 0.95), 2: (0.90, 0.60), 3: (0.80, 0.90)}  # epoch: (val, test) accuracy, disagreeing
+class ScriptedTrainer:
+    """A loop.Trainer that trains nothing and scores each epoch as scripted: {epoch: (val, test) accuracy}."""
 
-    def metric(accuracy):
-        return {"loss": 1.0 - accuracy, "accuracy": accuracy}
+    label, steps_per_epoch, batch_size, piece_member_steps, members_per_device, members = "fake", 2, 32, 1, 1, None
 
-    def evaluate_scripted(state):
-        val, test = scripted[int(state.epoch)]
+    def __init__(self, scripted):
+        self.config = make_config("mlp", hidden=(8,), batch_size=32, epochs=3, train_size=64)
+        self.member = {"activation": "relu", "seed": 0, "lr": 1e-3}
+        self.hyper, self.scripted = make_hyper("relu", 1e-3, 0), scripted
+
+    def init(self):
+        return engine.init_member(self.config, self.hyper)
+
+    def abstract(self):
+        raise AssertionError("nothing to resume")
+
+    def order(self, state):
+        return engine.epoch_order(self.config, state)
+
+    def piece(self, state, order, length):
+        return lambda state, order, first: (state, {"loss_sum": jnp.float32(length), "correct": jnp.int32(0)})
+
+    def evaluate(self, state):
+        metric = lambda accuracy: {"loss": 1.0 - accuracy, "accuracy": accuracy}  # noqa: E731
+        val, test = self.scripted[int(state.epoch)]
         return {"val": metric(val), "test": metric(test)}
 
-    def no_training(state, order, first, steps):
-        return state, {"loss_sum": jnp.float32(steps), "correct": jnp.int32(0)}
+    def learning_rate(self, epoch):
+        return engine.learning_rate(self.config, self.member["lr"], epoch)
 
-    fake = Run(init=lambda: engine.init_member(config, hyper), abstract=None, steps=no_training,
-               order=lambda state: engine.epoch_order(config, state), epoch_args=(),
-               steps_per_epoch=2, batch_size=32, evaluate=evaluate_scripted,
-               learning_rate=functools.partial(engine.learning_rate, config, 1e-3), label="fake", describe=str,
-               hparams=[{"activation": "relu", "seed": 0, "lr": 1e-3}], piece_member_steps=1)
-    fit(tmp_path, fake, epochs=3, meta={})
+    def describe(self, row):
+        return str(row)
+
+    def board_runs(self):
+        return [(settings.member_folder(self.member), settings.hparams(self.config, self.member))]
+
+
+def test_the_best_checkpoint_follows_validation_not_test(tmp_path):
+    scripted = {1: (0.70, 0.95), 2: (0.90, 0.60), 3: (0.80, 0.90)}  # epoch: (val, test) accuracy, disagreeing
+    fit(Layout(tmp_path), ScriptedTrainer(scripted), epochs=3, meta={})
     manager = checkpoint.open_manager(tmp_path / "checkpoints")
     assert manager.best_step() == 2
     manager.close()
@@ -93,20 +99,20 @@ def test_the_best_checkpoint_follows_validation_not_test(tmp_path):
 
 def test_without_validation_the_best_checkpoint_is_the_latest(tmp_path):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "2", "--validation-size", "0", "--workdir", workdir) == 0
+    assert run_cli(train.main, *SMALL, "--epochs", "2", "--validation-size", "0", "--workdir", workdir) == 0
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert all("val_accuracy" not in row for row in rows)
-    assert load_run(workdir, "best")[3] == 2
+    assert load_run(workdir, "best").step == 2
     assert selection_of(workdir, 2) == {"metric": "epoch", "value": 2.0}
 
 
 def test_evaluate_best_says_which_epoch_and_metric_chose_it(tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert run(train.main, *SMALL, "--epochs", "3", "--workdir", workdir) == 0
+    assert run_cli(train.main, *SMALL, "--epochs", "3", "--workdir", workdir) == 0
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     best = max(rows, key=lambda row: (row["val_accuracy"], row["epoch"]))
     capsys.readouterr()
-    assert run(evaluate.main, "--workdir", workdir, "--checkpoint", "best") == 0
+    assert run_cli(evaluate.main, "--workdir", workdir, "--checkpoint", "best") == 0
     out = capsys.readouterr().out
     assert f"checkpoint of epoch {best['epoch']} (best by val_accuracy {best['val_accuracy']:.4g})" in out
     report = json.loads((workdir / "evaluation" / "evaluation.json").read_text())
@@ -168,8 +174,8 @@ def test_without_validation_nothing_is_selected_and_comparisons_are_per_lr():
 
 def test_a_sweep_writes_the_selection_its_members_validation_numbers_imply(tmp_path):
     workdir = tmp_path / "sweep"
-    assert run(sweep.main, *SMALL, "--activations", "elu,relu", "--seeds", "2", "--lrs", "0.0003,0.003,0.3",
-               "--epochs", "2", "--validation-size", "3000", "--workdir", workdir) == 0
+    assert run_cli(sweep.main, *SMALL, "--activations", "elu,relu", "--seeds", "2", "--lrs", "0.0003,0.003,0.3",
+                   "--epochs", "2", "--validation-size", "3000", "--workdir", workdir) == 0
     report = json.loads((workdir / "results.json").read_text())
     for chosen in report["selection"]:
         means = {}
@@ -193,34 +199,31 @@ def test_a_sweep_writes_the_selection_its_members_validation_numbers_imply(tmp_p
     (["--schedule", "linear"], ["--schedule", "linear"]),
 ])
 def test_bad_split_and_recipe_values_get_one_line_errors(argv, fragments, tmp_path, capsys):
-    assert run(train.main, *argv, "--workdir", tmp_path / "w") == 2
-    err = one_line_error(capsys)
-    for fragment in fragments:
-        assert fragment in err
+    assert run_cli(train.main, *argv, "--workdir", tmp_path / "w") == 2
+    one_line_error(capsys, *fragments)
 
 
 def test_a_workdir_from_before_validation_splits_is_refused_with_what_to_do(tmp_path, capsys):
     workdir = tmp_path / "old"
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert run_cli(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
     record = json.loads((workdir / "run.json").read_text())
     del record["format"], record["validation"]
     (workdir / "run.json").write_text(json.dumps(record))
     capsys.readouterr()
     for main, argv in ((train.main, [*SMALL, "--epochs", "1"]), (evaluate.main, [])):
-        assert run(main, *argv, "--workdir", workdir) == 2
-        err = one_line_error(capsys)
-        assert "before validation splits" in err and "--fresh" in err
-    assert run(train.main, *SMALL, "--epochs", "1", "--workdir", workdir, "--fresh") == 0
+        assert run_cli(main, *argv, "--workdir", workdir) == 2
+        one_line_error(capsys, "before validation splits", "--fresh")
+    assert run_cli(train.main, *SMALL, "--epochs", "1", "--workdir", workdir, "--fresh") == 0
 
 
 def test_sgd_with_a_constant_schedule_learns_and_is_recorded(tmp_path):
     workdir = tmp_path / "sgd"
-    assert run(train.main, *SMALL, "--epochs", "2", "--optimizer", "sgd", "--schedule", "constant", "--lr", "0.05",
-               "--workdir", workdir) == 0
+    assert run_cli(train.main, *SMALL, "--epochs", "2", "--optimizer", "sgd", "--schedule", "constant", "--lr", "0.05",
+                   "--workdir", workdir) == 0
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["hyperparameters"] | {"hidden": None} == {
+    assert summary["hyperparameters"] == {
         "learning_rate": 0.05, "optimizer": "sgd", "schedule": "constant", "weight_decay": 0.0, "batch_size": 64,
-        "epochs": 2, "hidden": None}
+        "epochs": 2, "hidden": [32], "dtype": "float32"}
     assert summary["val_accuracy"] > 0.7
     assert json.loads((workdir / "run.json").read_text())["config"]["optimizer"] == "sgd"
 
@@ -235,9 +238,10 @@ def test_a_constant_schedule_keeps_the_peak_learning_rate_and_warmup_cosine_does
 
 
 def test_each_optimizer_has_its_own_default_weight_decay_and_a_given_one_wins():
-    assert engine.Config(optimizer="adamw").weight_decay == engine.OPTIMIZERS["adamw"].weight_decay == 0.2
-    assert engine.Config(optimizer="sgd").weight_decay == 0.0
-    assert engine.Config(optimizer="sgd", weight_decay=1e-4).weight_decay == 1e-4
+    assert make_config(optimizer="adamw").weight_decay == engine.OPTIMIZERS["adamw"].weight_decay == 0.2
+    assert make_config(optimizer="sgd").weight_decay == engine.OPTIMIZERS["sgd"].weight_decay == 0.0
+    assert make_config(optimizer="sgd", weight_decay=1e-4).weight_decay == 1e-4
+    assert make_config(optimizer="adamw", weight_decay=0.0).weight_decay == 0.0  # a given zero is no default
 
 
 def test_convergence_is_compared_at_the_selected_lrs_over_the_seeds_where_both_reached_the_threshold():

@@ -12,21 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import cli, engine, sweep, train
-from mnist_jax.workdir import load_sweep_member
-from mnist_jax.workdir import load_run
+from mnist_jax import engine, population, settings, sweep, train
+from mnist_jax.workdir import load_member, load_run
 
-from conftest import kill_after_first_checkpoint_then_resume
+from conftest import (SMALL, kill_after_first_checkpoint_then_resume, make_config, member, member_state,
+                      one_line_error, population_epoch, run_cli, train_epoch)
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "1024", "--test-limit", "256"]
 SWEEP = [*SMALL, "--activations", "elu,relu,leaky_relu", "--seeds", "1", "--lrs", "0.002", "--epochs", "3"]
-
-
-def run_sweep_in_process(*argv) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(sweep.main, [str(a) for a in argv])
-    return exit_info.value.code
 
 
 def sweep_subprocess(workdir, extra_env=None, **kwargs):
@@ -37,42 +30,42 @@ def sweep_subprocess(workdir, extra_env=None, **kwargs):
 @pytest.mark.parametrize("model", ["mlp", "lenet"])
 def test_a_vmapped_sweep_equals_independent_single_runs(small_mnist, model):
     x_train, y_train, _, _ = map(jnp.asarray, small_mnist)
-    config = engine.Config(model=model, hidden=(32,), batch_size=64, epochs=2, train_size=len(y_train))
-    members = [sweep.Member("elu", 0, 1e-3), sweep.Member("relu", 1, 3e-3), sweep.Member("leaky_relu", 2, 2e-3)]
-    hyper = sweep.stacked_hyper(members)
-    stacked = sweep.init_stacked(config, hyper, shared_order=False)
-    epoch = jax.jit(jax.vmap(lambda s, h: engine.train_epoch(config, s, h, x_train, y_train)))
+    config = make_config(model, hidden=(32,), batch_size=64, epochs=2, train_size=len(y_train))
+    members = [member("elu", 0, 1e-3), member("relu", 1, 3e-3), member("leaky_relu", 2, 2e-3)]
+    hyper = settings.hyper(members)
+    stacked = population.init(config, hyper, shared_order=False)
+    epoch = population_epoch(config, shared_order=False, vmap_chunk=None)  # every member in one vmap
     for _ in range(config.epochs):
-        stacked, _ = epoch(stacked, hyper)
-    single_epoch = jax.jit(engine.train_epoch, static_argnums=0)
+        stacked = epoch(stacked, hyper, x_train, y_train)
+    single_epoch = jax.jit(train_epoch, static_argnums=0)
     for i, m in enumerate(members):
-        h = engine.Hyper.create(m.activation, m.lr, m.seed)
+        h = settings.hyper(m)
         state = engine.init_member(config, h)
         for _ in range(config.epochs):
             state, _ = single_epoch(config, state, h, x_train, y_train)
-        chex.assert_trees_all_close(jax.tree.map(lambda leaf: leaf[i], stacked), state, atol=2e-5, rtol=2e-5)
+        chex.assert_trees_all_close(member_state(stacked, i), state, atol=2e-5, rtol=2e-5)
 
 
 def test_a_diverged_member_is_isolated_and_the_others_unaffected(small_mnist):
     x_train, y_train, _, _ = map(jnp.asarray, small_mnist)
-    config = engine.Config(model="mlp", hidden=(32,), batch_size=64, epochs=2, train_size=len(y_train))
-    sound = [sweep.Member("relu", 0, 1e-3), sweep.Member("elu", 1, 1e-3)]
-    epoch = jax.jit(jax.vmap(lambda s, h: engine.train_epoch(config, s, h, x_train, y_train)))
+    config = make_config("mlp", hidden=(32,), batch_size=64, epochs=2, train_size=len(y_train))
+    sound = [member("relu", 0, 1e-3), member("elu", 1, 1e-3)]
+    epoch = population_epoch(config, shared_order=False, vmap_chunk=None)
 
     def train_members(members):
-        hyper = sweep.stacked_hyper(members)
-        state = sweep.init_stacked(config, hyper, shared_order=False)
+        hyper = settings.hyper(members)
+        state = population.init(config, hyper, shared_order=False)
         for _ in range(config.epochs):
-            state, _ = epoch(state, hyper)
+            state = epoch(state, hyper, x_train, y_train)
         return state
 
-    with_bad = train_members([sound[0], sweep.Member("relu", 2, 50.0), sound[1]])
+    with_bad = train_members([sound[0], member("relu", 2, 50.0), sound[1]])
     without = train_members(sound)
     np.testing.assert_array_equal(with_bad.diverged, [False, True, False])
     chex.assert_tree_all_finite(with_bad.params)
     for i, j in [(0, 0), (2, 1)]:
-        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], with_bad.params),
-                                    jax.tree.map(lambda x: x[j], without.params), atol=1e-6, rtol=1e-6)
+        chex.assert_trees_all_close(member_state(with_bad.params, i), member_state(without.params, j),
+                                    atol=1e-6, rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -130,58 +123,58 @@ def test_a_killed_sweep_resumes_bit_identical(tmp_path):
     subprocess.run(argv, env=env, check=True, capture_output=True)
     argv, env = command(tmp_path / "killed")
     kill_after_first_checkpoint_then_resume(argv, env, tmp_path / "killed", "results.json")
-    for member in ("elu,0", "relu,0", "leaky_relu,0"):
-        chex.assert_trees_all_equal(load_sweep_member(tmp_path / "straight", member)[2],
-                                    load_sweep_member(tmp_path / "killed", member)[2])
+    for spec in ("elu,0", "relu,0", "leaky_relu,0"):
+        chex.assert_trees_all_equal(load_member(tmp_path / "straight", spec)[0].state,
+                                    load_member(tmp_path / "killed", spec)[0].state)
 
 
 def test_an_exported_member_is_a_single_run_workdir_that_train_accepts(finished_sweep, tmp_path, capsys):
     out = tmp_path / "relu0"
-    assert run_sweep_in_process("--workdir", finished_sweep, "--export-member", "relu,0,0.002", "--to", out) == 0
-    config, hyper, state, step = load_run(out)
-    member = load_sweep_member(finished_sweep, "relu,0")[2]
-    chex.assert_trees_all_equal(state, member)
-    assert step == 3 and int(state.epoch) == 3
+    assert run_cli(sweep.main, "--workdir", finished_sweep, "--export-member", "relu,0,0.002", "--to", out) == 0
+    exported = load_run(out)
+    chex.assert_trees_all_equal(exported.state, load_member(finished_sweep, "relu,0")[0].state)
+    assert exported.step == 3 and int(exported.state.epoch) == 3
+    assert exported.member == {"activation": "relu", "seed": 0, "lr": 0.002}
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(train.main, [*SMALL, "--epochs", "3", "--lr", "0.002", "--seed", "0", "--workdir", str(out)])
-    assert exit_info.value.code == 0
+    assert run_cli(train.main, *SMALL, "--epochs", "3", "--lr", "0.002", "--seed", "0", "--workdir", out) == 0
     assert "already holds a finished run" in capsys.readouterr().out
 
 
-def test_export_of_an_unknown_member_names_the_members(finished_sweep, tmp_path, capsys):
-    assert run_sweep_in_process("--workdir", finished_sweep, "--export-member", "tanh,0", "--to", tmp_path) == 2
-    err = capsys.readouterr().err
-    assert "no member tanh,0" in err and "relu,0,0.002" in err and len(err.strip().splitlines()) == 1
+@pytest.mark.parametrize("spec", ["tanh,0", "relu,5"])  # an activation the sweep lacks, a seed it lacks
+def test_export_of_an_unknown_member_names_the_members(spec, finished_sweep, tmp_path, capsys):
+    assert run_cli(sweep.main, "--workdir", finished_sweep, "--export-member", spec, "--to", tmp_path / "out") == 2
+    one_line_error(capsys, f"no member {spec}", "relu,0,0.002")
+    assert not (tmp_path / "out").exists()
 
 
 def test_shared_order_gives_every_member_the_same_batches_and_own_order_differs():
-    config = engine.Config(model="mlp", hidden=(8,), batch_size=64, epochs=1, train_size=1024)
-    hyper = sweep.stacked_hyper([sweep.Member("relu", 0, 1e-3), sweep.Member("elu", 1, 1e-3)])
+    config = make_config("mlp", hidden=(8,), batch_size=64, epochs=1, train_size=1024)
+    hyper = settings.hyper([member("relu", 0, 1e-3), member("elu", 1, 1e-3)])
     orders = {}
     for shared in (True, False):
-        state = sweep.init_stacked(config, hyper, shared_order=shared)
-        orders[shared] = jax.vmap(lambda s: engine.epoch_order(config, s))(state)
+        state = population.init(config, hyper, shared_order=shared)
+        orders[shared] = population.orders(config)(state)
     np.testing.assert_array_equal(orders[True][0], orders[True][1])
     assert not np.array_equal(orders[False][0], orders[False][1])
 
 
 def test_sweep_flags_that_name_nothing_are_one_line_errors(tmp_path, capsys):
-    assert run_sweep_in_process("--activations", "relu,tanh", "--workdir", tmp_path) == 2
-    assert "unknown activation 'tanh'" in capsys.readouterr().err
-    assert run_sweep_in_process("--lrs", "0.1,x", "--workdir", tmp_path) == 2
-    assert "--lrs" in capsys.readouterr().err
+    assert run_cli(sweep.main, "--activations", "relu,tanh", "--workdir", tmp_path) == 2
+    one_line_error(capsys, "python -m mnist_jax.sweep: error: argument --activations", "unknown activation 'tanh'",
+                   "choose from elu, relu, leaky_relu")
+    assert run_cli(sweep.main, "--lrs", "0.1,x", "--workdir", tmp_path) == 2
+    one_line_error(capsys, "argument --lrs: '0.1,x' must be a comma-separated list", "(see --help)")
+    assert not any(tmp_path.iterdir())  # refused before any work
 
 
 def test_the_shared_order_fast_path_equals_the_plain_vmap(small_mnist):
     # One step per epoch: over several steps Adam magnifies the two programs' float rounding differences
     # (its update divides by the root of tiny second moments), so only one step can be compared this tightly.
     x_train, y_train = jnp.asarray(small_mnist[0][:64]), jnp.asarray(small_mnist[1][:64])
-    config = engine.Config(model="lenet", batch_size=64, epochs=2, train_size=64, warmup_epochs=0.0)
-    hyper = sweep.stacked_hyper([sweep.Member("relu", 0, 1e-3), sweep.Member("elu", 1, 3e-3)])
-    state = sweep.init_stacked(config, hyper, shared_order=True)
-    mesh = sweep.member_mesh()
-    fast = jax.jit(sweep.sweep_epoch(config, True, None, mesh))(state, hyper, x_train, y_train)
-    plain = jax.jit(sweep.sweep_epoch(config, False, None, mesh))(state, hyper, x_train, y_train)
+    config = make_config("lenet", batch_size=64, epochs=2, train_size=64, warmup_epochs=0.0)
+    hyper = settings.hyper([member("relu", 0, 1e-3), member("elu", 1, 3e-3)])
+    state = population.init(config, hyper, shared_order=True)
+    fast = population_epoch(config, shared_order=True, vmap_chunk=None)(state, hyper, x_train, y_train)
+    plain = population_epoch(config, shared_order=False, vmap_chunk=None)(state, hyper, x_train, y_train)
     chex.assert_trees_all_close(fast, plain, atol=2e-5, rtol=2e-5)
-    np.testing.assert_array_equal(fast[0].epoch, [1, 1])
+    np.testing.assert_array_equal(fast.epoch, [1, 1])

@@ -11,33 +11,18 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import cli, train
+from mnist_jax import train
 from mnist_jax.data import bundled_dir, read_idx, write_idx
 from mnist_jax.workdir import load_run
 
-from conftest import kill_after_first_checkpoint_then_resume
+from conftest import SMALL, kill_after_first_checkpoint_then_resume, one_line_error, run_cli
 
-SMALL = ["--model", "mlp", "--hidden", "32", "--batch-size", "64", "--train-limit", "1024", "--test-limit", "256"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_train(*argv) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(train.main, [str(a) for a in argv])
-    return exit_info.value.code
-
-
-def assert_one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def test_main_job_writes_metrics_summary_and_checkpoints(tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert run_train(*SMALL, "--epochs", "2", "--workdir", workdir) == 0
+    assert run_cli(train.main, *SMALL, "--epochs", "2", "--workdir", workdir) == 0
     out = capsys.readouterr().out
     assert "data: mnist from bundled" in out and "final test accuracy" in out
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -61,22 +46,22 @@ def test_main_job_writes_metrics_summary_and_checkpoints(tmp_path, capsys):
 
 def test_a_finished_run_started_again_says_so(tmp_path, capsys):
     workdir = tmp_path / "run"
-    run_train(*SMALL, "--epochs", "1", "--workdir", workdir)
+    assert run_cli(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
     first = json.loads((workdir / "summary.json").read_text())["test_accuracy"]
     capsys.readouterr()
-    assert run_train(*SMALL, "--epochs", "1", "--workdir", workdir) == 0
+    assert run_cli(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
     out = capsys.readouterr().out
     assert "already holds a finished run" in out and f"{first:.2%}" in out
 
 
 def test_a_workdir_of_another_configuration_is_refused_and_fresh_starts_over(tmp_path, capsys):
     workdir = tmp_path / "run"
-    run_train(*SMALL, "--epochs", "1", "--workdir", workdir)
+    assert run_cli(train.main, *SMALL, "--epochs", "1", "--workdir", workdir) == 0
     capsys.readouterr()
-    assert run_train(*SMALL, "--epochs", "1", "--activation", "elu", "--workdir", workdir) == 2
-    assert_one_line_error(capsys, "activation was relu, now elu", "--fresh")
+    assert run_cli(train.main, *SMALL, "--epochs", "1", "--activation", "elu", "--workdir", workdir) == 2
+    one_line_error(capsys, "activation was relu, now elu", "--fresh")
     assert (workdir / "checkpoints" / "1").is_dir()  # nothing lost
-    assert run_train(*SMALL, "--epochs", "1", "--activation", "elu", "--workdir", workdir, "--fresh") == 0
+    assert run_cli(train.main, *SMALL, "--epochs", "1", "--activation", "elu", "--workdir", workdir, "--fresh") == 0
     assert json.loads((workdir / "summary.json").read_text())["activation"] == "elu"
 
 
@@ -90,7 +75,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     subprocess.run(train_command(tmp_path / "straight"), check=True, env=env, capture_output=True)
     kill_after_first_checkpoint_then_resume(train_command(tmp_path / "killed"), env, tmp_path / "killed",
                                             "summary.json")
-    straight, killed_state = load_run(tmp_path / "straight")[2], load_run(tmp_path / "killed")[2]
+    straight, killed_state = load_run(tmp_path / "straight").state, load_run(tmp_path / "killed").state
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(killed_state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     rows = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
@@ -106,13 +91,14 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     (["--hidden", "256,x"], ["--hidden"]),
 ])
 def test_bad_arguments_get_one_line_and_exit_2(argv, fragments, capsys):
-    assert run_train(*argv) == 2
-    assert_one_line_error(capsys, *fragments)
+    assert run_cli(train.main, *argv) == 2
+    one_line_error(capsys, *fragments)
 
 
 def test_a_missing_data_dir_is_named(tmp_path, capsys):
-    assert run_train("--data-source", "idx", "--data-dir", tmp_path / "nowhere", "--workdir", tmp_path / "w") == 2
-    assert_one_line_error(capsys, "nowhere", "does not exist")
+    assert run_cli(train.main, "--data-source", "idx", "--data-dir", tmp_path / "nowhere",
+                   "--workdir", tmp_path / "w") == 2
+    one_line_error(capsys, "nowhere", "does not exist")
 
 
 def test_a_truncated_idx_file_is_named(tmp_path, capsys):
@@ -120,26 +106,26 @@ def test_a_truncated_idx_file_is_named(tmp_path, capsys):
         write_idx(tmp_path / path.name.removesuffix(".gz"), read_idx(path)[:300])
     images = tmp_path / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-100])
-    assert run_train("--data-source", "idx", "--data-dir", tmp_path, "--workdir", tmp_path / "w") == 2
-    assert_one_line_error(capsys, str(images), "truncated")
+    assert run_cli(train.main, "--data-source", "idx", "--data-dir", tmp_path, "--workdir", tmp_path / "w") == 2
+    one_line_error(capsys, str(images), "truncated")
 
 
 def test_tfds_without_data_or_tensorflow_fails_fast(tmp_path, capsys):
     started = time.time()
-    code = run_train("--data-source", "tfds", "--data-dir", tmp_path, "--workdir", tmp_path / "w")
+    code = run_cli(train.main, "--data-source", "tfds", "--data-dir", tmp_path, "--workdir", tmp_path / "w")
     assert code == 2 and time.time() - started < 20
-    assert_one_line_error(capsys, "tfds", "bundled")
+    one_line_error(capsys, "tfds", "bundled")
 
 
 def test_a_corrupted_checkpoint_is_named_and_kept(tmp_path, capsys):
     workdir = tmp_path / "run"
-    run_train(*SMALL, "--epochs", "2", "--workdir", workdir)
+    assert run_cli(train.main, *SMALL, "--epochs", "2", "--workdir", workdir) == 0
     for path in (workdir / "checkpoints" / "2" / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"\0" * 5)
     capsys.readouterr()
-    assert run_train(*SMALL, "--epochs", "2", "--workdir", workdir) == 2
-    assert_one_line_error(capsys, "checkpoint step 2", "corrupted")
+    assert run_cli(train.main, *SMALL, "--epochs", "2", "--workdir", workdir) == 2
+    one_line_error(capsys, "checkpoint step 2", "corrupted")
     assert (workdir / "checkpoints" / "1").is_dir() and (workdir / "checkpoints" / "2").is_dir()
 
 
