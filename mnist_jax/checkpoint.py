@@ -20,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from mnist_jax import distributed
 from mnist_jax.errors import UserError
 
 # The score each step is saved with (validation accuracy, or the epoch where there is no validation split: see
@@ -27,12 +28,15 @@ from mnist_jax.errors import UserError
 BEST_METRIC = "selection"
 
 
-def open_manager(directory: str | os.PathLike, keep_latest: int = 3) -> ocp.CheckpointManager:
-    """A manager that keeps the latest `keep_latest` steps plus the best by its selection score.
+def open_manager(directory: str | os.PathLike, keep_latest: int = 3, clean: bool = False) -> ocp.CheckpointManager:
+    """A manager that keeps the latest `keep_latest` steps plus the best by its selection score; with `clean` (a
+    launch that trains, holding the workdir), first removes what saves that never finished left (`discard_lost`).
 
     Saves are synchronous: a checkpoint takes a fraction of an epoch to write, and an async save running beside the
     next epoch slowed that epoch far more on a 2-core CPU (docs/performance.md).
     """
+    if clean:
+        discard_lost(directory)
     best = lambda metrics: metrics[BEST_METRIC]  # noqa: E731
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(
@@ -41,10 +45,22 @@ def open_manager(directory: str | os.PathLike, keep_latest: int = 3) -> ocp.Chec
     return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
-def open_partial(directory: str | os.PathLike) -> ocp.CheckpointManager:
-    """A manager for the one place inside an epoch where a run was stopped (step = that epoch)."""
+def open_partial(directory: str | os.PathLike, clean: bool = False) -> ocp.CheckpointManager:
+    """A manager for the one place inside an epoch where a run was stopped (step = that epoch); `clean` as for
+    open_manager."""
+    if clean:
+        discard_lost(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
+
+
+def discard_lost(directory: str | os.PathLike) -> None:
+    """Removes the temporary folders (`<step>.orbax-checkpoint-tmp*`) of saves that never finished, e.g. of a process
+    killed or a peer lost mid-save; the steps themselves are untouched. Process 0 does it for all: the workdir is
+    shared, and no save is under way when a launch opens it."""
+    if distributed.is_primary():
+        for partial in Path(directory).glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metrics: dict) -> None:
@@ -53,7 +69,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metr
     A failed write raises here, for the caller to say in one line; what Orbax's and TensorStore's threads print about
     it meanwhile (a traceback each) is dropped. What a save that succeeds prints still reaches stderr.
     """
-    with _quiet_unless_ok():
+    with distributed.exchange(f"saving checkpoint {step}"), _quiet_unless_ok():
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                      metrics={k: float(v) for k, v in metrics.items()})
 

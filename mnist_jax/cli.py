@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import re
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
-from mnist_jax import data, distributed, settings
+from mnist_jax import data, distributed, records, settings
 from mnist_jax.errors import Interrupted, UserError
 
 
@@ -74,20 +80,21 @@ def add_data_settings(parser: argparse.ArgumentParser) -> None:
 
 
 def checkpoint_choice(text: str) -> str | int:
-    if text in ("latest", "best"):
-        return text
+    """--checkpoint: best, latest (either in any case) or an epoch number."""
+    if text.strip().lower() in ("latest", "best"):
+        return text.strip().lower()
     try:
         return settings.positive_int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not latest, best or an epoch number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not best, latest or an epoch number (1, 2, ...)") from None
 
 
 def add_model_settings(parser: argparse.ArgumentParser) -> None:
     """--workdir, --checkpoint, --member and --conv: which trained model to load, and how (evaluate, predict)."""
     parser.add_argument("--workdir", type=Path, required=True, help="a workdir written by train or sweep")
-    parser.add_argument("--checkpoint", type=checkpoint_choice, default="latest",
-                        help="latest, best (by validation accuracy; the latest where the run had no validation split) "
-                             "or an epoch number (default: %(default)s)")
+    parser.add_argument("--checkpoint", type=checkpoint_choice, default="best",
+                        help="best (chosen on validation accuracy; the latest where the run had no validation split), "
+                             "latest or an epoch number (default: %(default)s)")
     parser.add_argument("--member", default=None, metavar=settings.member_pattern(),
                         help="for a sweep workdir: which member")
     add_conv_setting(parser)
@@ -143,19 +150,75 @@ def add_cache_setting(parser: argparse.ArgumentParser) -> None:
 
 
 def enable_compile_cache(enabled: bool) -> None:
-    """Persists compiled programs across runs, so only the first run on a machine pays for compilation."""
+    """Persists compiled programs across runs, so only the first run on a machine pays for compilation. A cache
+    folder that cannot be written is one warning line, and compiling goes on without it."""
     if not enabled:
         return
-    directory = os.environ.get("MNIST_JAX_CACHE_DIR",
-                               Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnist_jax" / "xla")
+    directory = Path(os.environ.get("MNIST_JAX_CACHE_DIR",
+                                    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnist_jax" / "xla"))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        print(f"warning: the compilation cache {directory} is not writable ({records.os_reason(e)}): compiling "
+              "without it (set MNIST_JAX_CACHE_DIR, or pass --no-compile-cache)", file=sys.stderr)
+        return
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+_MEMORY_FIX = ("lower --hidden or --batch-size, or train fewer members side by side (--vmap-chunk, fewer members "
+               "per device); the same command resumes from the last saved epoch")
+
+
+def _asked(message: str | None) -> str:
+    """' (asked for 1.20 GB more)' from XLA's 'trying to allocate N bytes', where it says."""
+    found = re.search(r"allocate (\d+)(?:\.\d+)? ?bytes", message or "")
+    return f" (asked for {int(found[1]) / 1e9:.2f} GB more)" if found else ""
+
+
+# Settings of the environment that need no check: the CPU backend, and a count of simulated CPU devices.
+_PLAIN_PLATFORMS = ("", "cpu")
+_PLAIN_XLA_FLAG = re.compile(r"^--xla_force_host_platform_device_count=\d+$")
+
+
+def check_environment() -> None:
+    """JAX_PLATFORMS naming a backend this machine lacks, or XLA_FLAGS that XLA refuses, end in a C++ abort or a chain
+    of tracebacks inside JAX; a child process tries them first (about a second, only where they are set otherwise
+    than plainly), so that the error is one line."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    if platforms in _PLAIN_PLATFORMS and all(_PLAIN_XLA_FLAG.match(flag) for flag in flags):
+        return
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, text=True,
+                           timeout=120)
+    if probe.returncode == 0:
+        return
+    lines = [line.split("] ", 1)[-1].strip() for line in probe.stderr.splitlines() if line.strip()]
+    for marker, setting in (("Unknown flag", "XLA_FLAGS"), ("Couldn't interpret", "XLA_FLAGS"),
+                            ("Unable to initialize backend", "JAX_PLATFORMS")):
+        found = next((line for line in lines if marker in line), None)
+        if found:
+            break
+    else:
+        found, setting = (lines[-1] if lines else f"exit status {probe.returncode}"), \
+            ("JAX_PLATFORMS" if platforms not in _PLAIN_PLATFORMS else "XLA_FLAGS")
+    found = found.removeprefix("RuntimeError: ").split(" (set JAX_PLATFORMS=")[0]
+    if found == "AssertionError":  # what jax says of a known platform whose plugin is not installed
+        found = "no such backend is installed"
+    value = platforms if setting == "JAX_PLATFORMS" else " ".join(flags)
+    advice = "unset it (or set it to cpu) to use the backend this machine has" if setting == "JAX_PLATFORMS" else \
+        "fix or unset it"
+    raise UserError(f"{setting}={value!r} does not work with the installed jaxlib ({found[:200]}): {advice}")
+
+
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
     """Runs a CLI main: a UserError becomes one line on stderr and exit status 2, never a traceback."""
+    atexit.register(_ignore_interrupts)  # registered last, run first: a Ctrl-C while exiting ends quietly
     try:
+        check_environment()
         code = main(argv)
     except BrokenPipeError:  # stdout closed by its reader (| head): end quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -165,14 +228,27 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         code = 2
     except OSError as e:  # a file this run had to write or read: say which, and why, in one line
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}: free space, or fix the folder's permissions or path, and run the "
-              "same command again", file=sys.stderr)
+        print(f"error: {where}{records.os_reason(e)}: {records.fix_for(e)}, and run the same command again",
+              file=sys.stderr)
+        code = 2
+    except MemoryError:
+        print(f"error: out of memory{_asked(None)}: {_MEMORY_FIX}", file=sys.stderr)
+        code = 2
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"error: out of memory{_asked(str(e))}: {_MEMORY_FIX}", file=sys.stderr)
         code = 2
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         code = 130
     except KeyboardInterrupt:
-        print("interrupted: training resumes from its last completed epoch when the same command is run again",
+        print("interrupted (a training run resumes from its last saved epoch when the same command is run again)",
               file=sys.stderr)
         code = 130
     sys.exit(code)
+
+
+def _ignore_interrupts() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -63,7 +63,8 @@ def _digest(images: np.ndarray, labels: np.ndarray) -> str:
     for array in (images, labels):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
+        if array.size:  # a zero-size view cannot be cast to bytes (and adds none)
+            digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()[:16]
 
 
@@ -109,13 +110,33 @@ def _find_idx_file(directory: Path, stem: str) -> Path:
     raise UserError(f"IDX file {directory / stem}[.gz] is missing: put the four MNIST IDX files in {directory}")
 
 
+def _idx_type(array: np.ndarray) -> str:
+    """The IDX type code an array read by `read_idx` was stored with, as the file's header writes it (0x08)."""
+    return next((f"0x{code:02x}" for code, dtype in _IDX_DTYPES.items()
+                 if np.dtype(dtype).newbyteorder("=") == array.dtype), "none")
+
+
+# What to do about a split file that reads as IDX but holds the wrong thing: the same advice for every check.
+_FIX = "check it is the right file of the split or download it again"
+
+
 def _check_images_and_labels(x: np.ndarray, y: np.ndarray, x_path: Path, y_path: Path) -> None:
+    """Each split's images must be uint8 (N, 28, 28) with N > 0, its labels N integers 0-9; a label file of floats
+    (which would be truncated, or NaN) is refused, not converted."""
     if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
-        raise UserError(f"IDX file {x_path} holds {x.dtype} {x.shape}, not uint8 images of 28x28")
+        raise UserError(f"IDX file {x_path} holds {x.dtype} {x.shape} (IDX type {_idx_type(x)}), not uint8 images "
+                        f"of 28x28: it must hold N x 28 x 28 unsigned bytes (IDX type 0x08); {_FIX}")
+    if len(x) == 0:
+        raise UserError(f"IDX file {x_path} holds no images: every split needs at least one 28x28 image; {_FIX}")
+    if y.dtype.kind not in "ui":
+        raise UserError(f"IDX file {y_path} holds {y.dtype} labels (IDX type {_idx_type(y)}), not integers: it "
+                        f"must hold one label 0-9 per image as unsigned bytes (IDX type 0x08); {_FIX}")
     if y.ndim != 1 or len(y) != len(x):
-        raise UserError(f"IDX file {y_path} holds {y.shape} labels for {len(x)} images in {x_path}")
-    if y.size and (y.min() < 0 or y.max() > 9):
-        raise UserError(f"IDX file {y_path} has labels outside 0-9")
+        raise UserError(f"IDX file {y_path} holds {y.shape} labels for {len(x)} images in {x_path}: it must hold "
+                        f"one label 0-9 per image; {_FIX}")
+    if y.min() < 0 or y.max() > 9:
+        raise UserError(f"IDX file {y_path} has labels outside 0-9 ({y.min()} to {y.max()}): it must hold one label "
+                        f"0-9 per image as unsigned bytes (IDX type 0x08); {_FIX}")
 
 
 def load_idx_dir(directory: str | os.PathLike, name: str = "mnist", source: str = "idx") -> Dataset:
@@ -262,6 +283,10 @@ def load_splits(dataset: str, source: str, data_dir: Path | None, validation_siz
     `train_limit` then takes the first N of the rest and `test_limit` the first N test images.
     """
     ds = load_dataset(source, dataset, data_dir)
+    for split, labels in (("train", ds.y_train), ("test", ds.y_test)):
+        if not len(labels):
+            raise UserError(f"the {split} split of {ds.name} from {ds.source} ({ds.location}) holds no images: "
+                            "use a copy of the dataset that holds both splits")
     if validation_size >= len(ds.y_train):
         raise UserError(f"--validation-size {validation_size} is not smaller than the {len(ds.y_train)} "
                         "training images: choose a smaller one (0 turns validation off)")

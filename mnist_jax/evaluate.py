@@ -11,7 +11,8 @@ import numpy as np
 from mnist_jax import cli, engine, plots, records, settings
 from mnist_jax.data import load_dataset
 from mnist_jax.errors import UserError
-from mnist_jax.workdir import Layout, find_member, load_model, read_metrics, read_run, read_sweep, selection_of
+from mnist_jax.workdir import (Layout, checkpoint_used, find_member, load_model, read_metrics, read_run,
+                               read_sweep)
 
 
 def parse_args(argv):
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(workdir, args.checkpoint, args.member, args.conv)
     step = model.step
     member_folder = settings.member_folder(model.member) if args.member else ""  # a sweep member's own folder
-    selected_by = {"checkpoint": args.checkpoint, **selection_of(workdir, step)}
+    selected_by, used = checkpoint_used(workdir, args.checkpoint, model, args.member)
     if args.dataset not in (None, run["dataset"]):
         raise UserError(f"{workdir} was trained on {run['dataset']}, not {args.dataset}: evaluate it on "
                         f"{run['dataset']} (leave out --dataset)")
@@ -70,9 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     name = f"{workdir}" + (f" member {args.member}" if args.member else "")
     recorded = recorded_accuracy(workdir, step, args.member)
-    chosen = "" if args.checkpoint != "best" else \
-        f" (best by {selected_by['metric']} {selected_by['value']:.4g}" + (" of all members)" if args.member else ")")
-    print(f"{name}, checkpoint of epoch {step}{chosen}: test accuracy {accuracy:.2%}, test loss {loss:.4f}"
+    print(f"{name}, {used}: test accuracy {accuracy:.2%}, test loss {loss:.4f}"
           + (f" (training recorded {recorded:.2%})" if recorded is not None else ""))
     print("per-class accuracy: " + "  ".join(f"{d}: {a:.2%}" for d, a in enumerate(per_class)))
     print("confusion matrix (rows: true digit, columns: predicted):")

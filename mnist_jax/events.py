@@ -87,3 +87,18 @@ HPARAMS_METRICS = [f"{split}/{metric}" for split in ("val", "train", "test") for
 
 def _write(writer: EventsWriter, piece: Summary, step: int) -> None:
     writer.write_event(Event(wall_time=time.time(), step=step, summary=piece))
+
+
+def mark_finished(directory: Path, runs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """The session-end marks of a finished run whose launch stopped before writing them (a new event file each)."""
+    _, _, end = summary.hparams({}, {})
+    for name, _ in runs:
+        run = directory / name
+        run.mkdir(parents=True, exist_ok=True)
+        writer = EventsWriter(str(run / "events"), filename_suffix=f".{len(list(run.glob('events.out.tfevents.*')))}")
+        try:
+            _write(writer, end, step=0)
+            writer.flush()
+        finally:
+            with contextlib.suppress(OSError):
+                writer.close()

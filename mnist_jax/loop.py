@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
+import select
 import shutil
 import signal
 import sys
@@ -93,7 +95,7 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
     Every process of a multi-process run calls this; process 0 alone writes metrics.jsonl and TensorBoard events and
     draws the progress bar (the others' rows hold only the epochs they trained).
     """
-    manager = checkpoint.open_manager(layout.checkpoints)
+    manager = checkpoint.open_manager(layout.checkpoints, clean=True)  # drops what a lost save left
     board = None
     try:
         start, state, rows = _resume(layout, manager, trainer)
@@ -105,7 +107,7 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
         state, place = _resume_place(layout, trainer, start, epochs, state)
         plan = lambda done=0: pieces(trainer.steps_per_epoch, trainer.members_per_device,  # noqa: E731
                                      trainer.piece_member_steps, done)
-        order, programs, compile_seconds = _compile(trainer, state, plan())
+        order, programs = _compile(trainer, state, plan())
         with _Progress(trainer, epochs, start) as progress, _StopRequests() as stop:
             for epoch in range(start + 1, epochs + 1):
                 started = time.time()
@@ -113,7 +115,7 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
                 place = None
                 state = engine.next_epoch(state)
                 jax.block_until_ready(state)
-                seconds = time.time() - started + (compile_seconds if epoch == 1 else 0.0)
+                seconds = time.time() - started  # compiling is not in it: the compile line gives its time
                 row = _row(trainer, epoch, sums, state, seconds)
                 rows.append(row)
                 with progress.closed_on_error():
@@ -147,7 +149,7 @@ def _resume_place(layout: Layout, trainer: Trainer, start: int, epochs: int, sta
     """The state at the place inside epoch `start + 1` where a launch was stopped, if it was; says where it resumes."""
     place = None
     if layout.interrupted.exists():
-        partial = checkpoint.open_partial(layout.interrupted)
+        partial = checkpoint.open_partial(layout.interrupted, clean=True)
         try:
             if partial.latest_step() == start + 1:
                 state, place = checkpoint.restore(partial, start + 1, trainer.abstract())
@@ -162,14 +164,15 @@ def _resume_place(layout: Layout, trainer: Trainer, start: int, epochs: int, sta
 
 
 def _compile(trainer: Trainer, state, plan: list[tuple[int, int]]):
-    """The jitted batch order and the compiled program of each piece length, and the seconds they took."""
+    """The jitted batch order and the compiled program of each piece length; says how long they took."""
     started = time.time()
     order = jax.jit(trainer.order)
     example = order(state)
     programs = {length: trainer.piece(state, example, length) for length in sorted({n for _, n in plan})}
     seconds = time.time() - started
-    print(f"compiled the epoch's {len(plan)} pieces in {seconds:.1f} s on {jax.default_backend()}")
-    return order, programs, seconds
+    print(f"compiled the epoch's {len(plan)} pieces in {seconds:.1f} s on {jax.default_backend()} (not counted in the "
+          "epochs' seconds)")
+    return order, programs
 
 
 def _run_epoch(layout: Layout, trainer: Trainer, order, programs: dict, plan, state, epoch: int,
@@ -215,8 +218,8 @@ def _save_epoch(manager, layout: Layout, board: events.Board | None, epoch: int,
                         {checkpoint.BEST_METRIC: score})
     except Exception as e:  # Orbax reports a full disk as ValueError, files as OSError
         checkpoint.discard_partial(manager, epoch)
-        raise UserError(f"could not save epoch {epoch} in {layout.root} ({records.os_reason(e)}): free space or make "
-                        f"it writable, then run the same command to resume after epoch {epoch - 1}") from None
+        raise UserError(f"could not save epoch {epoch} in {layout.root} ({records.os_reason(e)}): {records.fix_for(e)}, "
+                        f"then run the same command to resume after epoch {epoch - 1}") from None
 
 
 def _save_place(layout: Layout, epoch: int, state, sums: dict, next_step: int) -> None:
@@ -237,8 +240,8 @@ def _writing_events(layout: Layout, write: Callable):
     try:
         return write()
     except OSError as e:
-        raise UserError(f"could not write TensorBoard events in {layout.tb} ({records.os_reason(e)}): free space or "
-                        "make it writable, then run the same command") from None
+        raise UserError(f"could not write TensorBoard events in {layout.tb} ({records.os_reason(e)}): "
+                        f"{records.fix_for(e)}, then run the same command") from None
 
 
 class _Progress:
@@ -287,16 +290,30 @@ class _Progress:
 
 
 class _StopRequests:
-    """Ctrl-C and SIGTERM become a request to stop at the next piece boundary; a second Ctrl-C stops at once."""
+    """Ctrl-C and SIGTERM become a request to stop at the next piece boundary; a second Ctrl-C stops at once.
+
+    A watcher thread hears the signals too (signal.set_wakeup_fd), since Python's handlers run only when the main
+    thread does: if no boundary is reached within `grace` seconds of a request (the process is stuck in native code,
+    e.g. an allocation that never returns), or a second Ctrl-C is not acted on within seconds, it ends the process
+    itself with one line.
+    """
+
+    GRACE = 10.0  # seconds; at least three times the longest gap between boundaries seen so far
 
     def __init__(self):
         self.signal = None
         self._previous = {}
+        self._boundaries, self._last_boundary, self._longest_gap = 0, time.monotonic(), 0.0
+        self._pipe = None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._request)
+            self._pipe = os.pipe()
+            os.set_blocking(self._pipe[1], False)
+            self._previous_wakeup = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+            threading.Thread(target=self._watch, args=(self._pipe[0],), daemon=True).start()
         return self
 
     def _request(self, signum, frame):
@@ -307,7 +324,43 @@ class _StopRequests:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            os.close(self._pipe[1])  # ends the watcher, which closes the read end
 
     def requested(self) -> bool:
-        """Whether to stop, agreed by every process (process 0's word counts)."""
+        """Whether to stop, agreed by every process (process 0's word counts). Called at each boundary."""
+        now = time.monotonic()
+        self._longest_gap = max(self._longest_gap, now - self._last_boundary)
+        self._boundaries, self._last_boundary = self._boundaries + 1, now
         return distributed.primary_says(self.signal is not None)
+
+    def _watch(self, read_end: int) -> None:
+        requested_at, boundaries_then, interrupts = None, 0, 0
+        try:
+            while True:
+                ready, _, _ = select.select([read_end], [], [], 0.5)
+                if ready:
+                    received = os.read(read_end, 64)
+                    if not received:
+                        return
+                    for signum in received:
+                        if signum in (signal.SIGINT, signal.SIGTERM) and requested_at is None:
+                            requested_at, boundaries_then = time.monotonic(), self._boundaries
+                        interrupts += signum == signal.SIGINT
+                    if interrupts >= 2:
+                        time.sleep(3.0)  # the main thread's KeyboardInterrupt, where it can run, ends it cleanly
+                        self._abandon("a second Ctrl-C")
+                grace = max(self.GRACE, 3 * self._longest_gap)
+                if requested_at is not None and self._boundaries == boundaries_then and \
+                        time.monotonic() - requested_at > grace:
+                    self._abandon(f"no step finished within {grace:.0f} s of the request, so the process was stuck "
+                                  "(often memory that cannot be had: lower --hidden, --batch-size or --vmap-chunk)")
+        finally:
+            os.close(read_end)
+
+    @staticmethod
+    def _abandon(why: str) -> None:
+        print(f"interrupted: {why}; the place inside this epoch is not saved, the same command resumes from the last "
+              "saved epoch", file=sys.stderr, flush=True)
+        os._exit(130)

@@ -91,3 +91,8 @@ def _plain(value: Any) -> Any:
     """A JAX or NumPy scalar as the Python float or bool that JSON writes."""
     value = np.asarray(value)
     return bool(value) if value.dtype == bool else float(value)
+
+
+def plural(count: int, noun: str) -> str:
+    """1 epoch, 2 epochs."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")

@@ -3,6 +3,7 @@ an evaluation's confusion matrix and most confident errors. Each function takes 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -39,10 +40,18 @@ def run_curves(path: Path, title: str, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def diverged_points(final: list[dict]) -> list[tuple[str, float, float]]:
+    """(activation, lr, final validation accuracy) of each diverged member of a sweep's last metrics row: where
+    validation_vs_lr.png marks it."""
+    return [(m["activation"], m["lr"], m[SELECTION]) for m in final if m["diverged"]]
+
+
 def sweep_curves(learning_curves: Path, validation_vs_lr: Path, rows: list[dict],
-                 selection: list[dict] | None = None) -> None:
+                 selection: list[dict] | None = None, title: str = "") -> dict[str, str]:
     """A sweep's learning curves (validation or, without it, test accuracy and train loss against epoch, at the
-    selected lrs or else at every lr) and, with a validation split, final validation accuracy against lr."""
+    selected lrs or else at every lr) and, with a validation split, final validation accuracy against lr, its
+    diverged members marked x. `title` (the model and recipe) heads both figures; returns each written file's name
+    and its title."""
     first = rows[0]["members"]
     has_val = SELECTION in first[0]
     groups = [(s["activation"], s["lr"]) for s in selection] if selection else \
@@ -60,8 +69,10 @@ def sweep_curves(learning_curves: Path, validation_vs_lr: Path, rows: list[dict]
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[1].set_yscale("log")
-    fig.suptitle("at the selected learning rates (mean over seeds, band min..max)" if selection else
-                 "every learning rate (mean over seeds, band min..max)", fontsize=10)
+    prefix = f"{title}\n" if title else ""
+    titles = {learning_curves.name: prefix + ("at the selected learning rates (mean over seeds, band min..max)"
+                                              if selection else "every learning rate (mean over seeds, band min..max)")}
+    fig.suptitle(titles[learning_curves.name], fontsize=10)
     fig.tight_layout()
     fig.savefig(learning_curves, dpi=110)
     plt.close(fig)
@@ -73,13 +84,20 @@ def sweep_curves(learning_curves: Path, validation_vs_lr: Path, rows: list[dict]
             values = [[m[SELECTION] for m in final if (m["activation"], m["lr"]) == (activation, lr)] for lr in lrs]
             width = max(map(len, values))
             _band(ax, lrs, np.array([v + [np.nan] * (width - len(v)) for v in values], dtype=float), activation)
-        ax.set(xscale="log", xlabel="peak learning rate", ylabel="final validation accuracy",
-               title="validation accuracy against learning rate (mean, band min..max)")
+        diverged = diverged_points(final)
+        if diverged:
+            ax.scatter([lr for _, lr, _ in diverged], [accuracy for _, _, accuracy in diverged], marker="x",
+                       color="black", s=40, zorder=3, label="diverged")
+        titles[validation_vs_lr.name] = prefix + "validation accuracy against learning rate (mean, band min..max)"
+        ax.set(xscale="log", xlabel="peak learning rate", ylabel="final validation accuracy")
+        ax.set_title("\n".join(textwrap.wrap(title, 72) + [titles[validation_vs_lr.name].split("\n")[-1]]),
+                     fontsize=9)  # a long recipe in two lines on this narrower figure
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(validation_vs_lr, dpi=110)
         plt.close(fig)
+    return titles
 
 
 def confusion_matrix(matrix, path: Path, title: str) -> None:

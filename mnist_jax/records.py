@@ -18,7 +18,7 @@ from mnist_jax.errors import UserError
 
 
 _OS_REASONS = ("No space left on device", "Read-only file system", "Permission denied", "No such file or directory",
-               "Disk quota exceeded")
+               "Disk quota exceeded", "Not a directory", "File exists", "Is a directory", "Operation not permitted")
 
 
 def os_reason(error: BaseException) -> str:
@@ -28,6 +28,18 @@ def os_reason(error: BaseException) -> str:
     text = str(error)
     return next((reason for reason in _OS_REASONS if reason in text),
                 text.strip().splitlines()[0][:160] if text.strip() else type(error).__name__)
+
+
+_HINTS = {"No space left on device": "free space", "Disk quota exceeded": "free space or raise the quota",
+          "Read-only file system": "write to a writable filesystem", "Permission denied": "make it writable",
+          "Operation not permitted": "make it writable", "Not a directory": "move the file that is in the way",
+          "File exists": "move the file that is in the way", "Is a directory": "move the folder that is in the way",
+          "No such file or directory": "check the path"}
+
+
+def fix_for(error: BaseException) -> str:
+    """What to do about a failed file operation, fitting its reason: free space, make it writable, ..."""
+    return _HINTS.get(os_reason(error), "free space or make it writable")
 
 
 def strict(value: Any) -> Any:
@@ -45,15 +57,32 @@ def dumps(value: Any, **kwargs) -> str:
     return json.dumps(strict(value), allow_nan=False, **kwargs)
 
 
+def temporary_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_text(path: Path, text: str) -> None:
-    """Replaces `path` with `text` atomically: readers see the old file or the new one, never a part."""
+    """Replaces `path` with `text` atomically: readers see the old file or the new one, never a part. A failure is a
+    one-line UserError naming `path`, and leaves no temporary file."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    temporary = temporary_of(path)
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as e:
+        temporary.unlink(missing_ok=True)
+        raise UserError(f"could not write {path} ({os_reason(e)}): {fix_for(e)}, then run the same command again") \
+            from None
+
+
+def remove_temporaries(directory: Path) -> None:
+    """Removes what write_text calls that were killed left behind in `directory` (.<name>.<pid>.tmp)."""
+    for leftover in Path(directory).glob(".*.*.tmp"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -70,6 +99,26 @@ def append_row(path: Path, row: dict) -> None:
         f.write(dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def is_whole_png(path: Path) -> bool:
+    """Whether `path` is a PNG written to its end (its signature first, its IEND chunk last)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(-12, os.SEEK_END)
+            tail = f.read()
+    except OSError:
+        return False
+    return head == b"\x89PNG\r\n\x1a\n" and tail[4:] == b"IEND\xaeB`\x82"
+
+
+def read_json_or_none(path: Path) -> Any:
+    """A JSON file as `read_json` reads it, or None where it is missing or damaged."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -117,8 +117,34 @@ def paired_differences(members: list[dict], lr_of: dict[str, float], metric: str
         if len(d) > 1:
             half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
             entry.update(ci95_low=float(d.mean() - half), ci95_high=float(d.mean() + half))
+        entry["verdict"] = verdict(entry, spread=float(np.ptp(d)) if len(d) else 0.0)
         out.append(entry)
     return out
+
+
+# A paired difference is called a difference only over at least this many seeds, with non-zero spread, and a 95%
+# interval that excludes zero: two seeds, or seeds that all gave the same difference, are no evidence however narrow
+# the interval comes out.
+MIN_SEEDS = 3
+# Differences closer than this are equal: accuracies are counts over the test set, epochs are integers, so any real
+# spread is far larger than the rounding of float32 accuracies.
+ZERO_SPREAD = 1e-6
+RULE = (f"A difference is called (\"better\", \"sooner\") only when it has at least {MIN_SEEDS} seeds, its seeds' "
+        "differences are not all equal, and its 95% interval excludes zero; otherwise it reads \"too few seeds to "
+        "tell\" (fewer seeds, or zero spread) or \"not distinguishable from seed noise\".")
+
+
+def verdict(p: dict, spread: float) -> str:
+    """What paired difference `p` (an entry of paired_differences) says, by the rule in RULE; `spread` is the range
+    of its seeds' differences."""
+    if p["n"] < MIN_SEEDS or spread <= ZERO_SPREAD:
+        return "too few seeds to tell"
+    sooner = p["metric"].startswith("epoch_to")  # fewer epochs is better
+    if p["ci95_low"] > 0:
+        return f"{p['b']} sooner" if sooner else f"{p['a']} better"
+    if p["ci95_high"] < 0:
+        return f"{p['a']} sooner" if sooner else f"{p['b']} better"
+    return "not distinguishable from seed noise"
 
 
 def comparisons(members: list[dict], selection: list[dict]) -> list[dict]:
@@ -130,17 +156,6 @@ def comparisons(members: list[dict], selection: list[dict]) -> list[dict]:
     activations = list(dict.fromkeys(m["activation"] for m in members))
     return [p for lr in dict.fromkeys(m["lr"] for m in members)
             for p in paired_differences(members, {a: lr for a in activations})]
-
-
-def _verdict(p: dict) -> str:
-    if p["ci95_low"] is None:
-        return "too few seeds to tell"
-    sooner = p["metric"].startswith("epoch_to")  # fewer epochs is better
-    if p["ci95_low"] > 0:
-        return f"{p['b']} sooner" if sooner else f"{p['a']} better"
-    if p["ci95_high"] < 0:
-        return f"{p['a']} sooner" if sooner else f"{p['b']} better"
-    return "not distinguishable from seed noise"
 
 
 def _amount(value: float, metric: str) -> str:
@@ -198,7 +213,8 @@ def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], memb
         ci = "–" if p["ci95_low"] is None else \
             f"[{_amount(p['ci95_low'], p['metric'])}, {_amount(p['ci95_high'], p['metric'])}]"
         lines.append(f"| {COMPARED[p['metric']]} | {p['a']} (lr {p['lr_a']:g}) − {p['b']} (lr {p['lr_b']:g}) | "
-                     f"{p['n']} | {mean} | {ci} | {_verdict(p)} |")
+                     f"{p['n']} | {mean} | {ci} | {p['verdict']} |")
+    lines += ["", RULE]
     diverged = [m for m in members if m["diverged"]]
     if diverged:
         lines += ["", "Diverged (counted with the accuracy of their frozen parameters): " + ", ".join(
@@ -211,17 +227,27 @@ def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], memb
     return "\n".join(lines) + "\n"
 
 
-def write_results(layout: Layout, rows: list[dict], environment: dict) -> str:
-    """Writes results.json, results.md and the plots; returns the markdown."""
+def recipe_title(config) -> str:
+    """The model and recipe of an engine.Config in a few words, as the sweep's plots are titled."""
+    model = config.model + (f" {'x'.join(map(str, config.hidden))}" if config.hidden else "")
+    return (f"{model}: {config.optimizer}, {config.schedule} schedule, weight decay {config.weight_decay:g}, "
+            f"batch {config.batch_size}, {config.epochs} epoch{'' if config.epochs == 1 else 's'}"
+            + ("" if config.dtype == "float32" else f", {config.dtype}"))
+
+
+def write_results(layout: Layout, rows: list[dict], environment: dict, title: str = "") -> str:
+    """Writes results.md, the plots (headed by `title`: the model and recipe, recipe_title) and results.json;
+    returns the markdown."""
     members = member_results(rows)
     summary = summarize(members)
     selection = select(summary)
     pairs = comparisons(members, selection)
+    text = markdown(summary, selection, pairs, members)
+    records.write_text(layout.results_md, text)
+    titles = plots.sweep_curves(layout.learning_curves, layout.validation_vs_lr, rows, selection, title)
+    # Last: a results.json says the sweep's end is written whole (sweep.end_written).
     records.write_json(layout.results_json, {
         "members": members, "summary": summary, "selection": selection, "paired_differences": pairs,
         "epochs": rows[-1]["epoch"], "train_seconds": round(sum(row["epoch_seconds"] for row in rows), 1),
-        "environment": environment})
-    text = markdown(summary, selection, pairs, members)
-    records.write_text(layout.results_md, text)
-    plots.sweep_curves(layout.learning_curves, layout.validation_vs_lr, rows, selection)
+        "environment": environment, "plots": titles})
     return text

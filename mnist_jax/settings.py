@@ -98,7 +98,8 @@ def list_of(parse_one: Callable[[Any], Any]) -> Callable[[Any], list]:
     def parse(value: Any) -> list:
         parts = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else list(value)
         if not parts:
-            raise ValueError("the list is empty")
+            raise ValueError(f"{value!r} is an empty list: give one or more comma-separated values, or leave the "
+                             "flag out for its default")
         try:
             values = [parse_one(part) for part in parts]
         except ValueError as e:
@@ -223,7 +224,8 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="HOST:PORT", group=PROCESSES),
     Setting("num_processes", None, "how many processes in all", positive_int, group=PROCESSES),
     Setting("process_id", None, "this process, 0 .. N-1", whole_number(-SEED_LIMIT, "whole"), group=PROCESSES),
-    Setting("distributed_timeout", 120, "how long to wait for every process to join", positive_int,
+    Setting("distributed_timeout", 120, "how long to wait for every process to join, and for each exchange between "
+            "processes; a lost or stopped process ends the others within this plus 5 s, in one line", positive_int,
             metavar="SECONDS", group=PROCESSES),
 )
 # Help sections: their titles and what they say.
@@ -378,7 +380,7 @@ def _value_of(s: Setting, config: engine.Config, member: Mapping[str, Any]) -> A
 def workdir_name(command: str, values: Mapping[str, Any]) -> Path:
     """checkpoints/<stem>[-<setting><value>...] naming the identity settings whose value differs from the default,
     so that two different runs never share a workdir and the same command always finds its own (a short hash of
-    them where the name would be long). train's stem names model, activation and seed; a sweep's names the model,
+    them where the name would pass 64 characters; lists joined by "_", so that names hold no commas). train's stem names model, activation and seed; a sweep's names the model,
     and its member lists and sweep settings come first."""
     if command == "train":
         stem = f"{values['model']}-{values['activation']}-seed{values['seed']}"
@@ -389,10 +391,10 @@ def workdir_name(command: str, values: Mapping[str, Any]) -> Path:
         named = spaces + [(s.name, s) for s in members_of(SWEEP) if s.identity] + \
             [(s.name, s) for s in SETTINGS if s.identity and s.role not in (MEMBER, SWEEP) and s.name != "model"]
     base = defaults(command)
-    changed = [f"{name.replace('_', '')}{_text(values[name], ',' if name == s.plural else 'x')}"
+    changed = [f"{name.replace('_', '')}{_text(values[name], '_' if name == s.plural else 'x')}"
                for name, s in named
                if values[name] != base[name] and (s.model is None or values["model"] == s.model)]
     name = "-".join([stem, *changed])
-    if len(name) > 80:
+    if len(name) > 64:
         name = f"{stem}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
     return Path("checkpoints") / name

@@ -14,11 +14,12 @@ from typing import Any, Mapping, Sequence
 
 import jax
 
-from mnist_jax import cli, distributed, population, records, report, results, settings
+from mnist_jax import cli, distributed, events, population, records, report, results, settings
 from mnist_jax.data import image_counts
 from mnist_jax.errors import UserError
 from mnist_jax.export import export_member
 from mnist_jax.loop import fit
+from mnist_jax.metrics import plural
 from mnist_jax.trainers import Population
 from mnist_jax.workdir import Layout, hold, prepare_workdir, sweep_record
 
@@ -67,24 +68,38 @@ def sweep(values: Mapping[str, Any]) -> dict:
     with contextlib.ExitStack() as held:  # the workdir's lock lives as long as this launch
         held.enter_context(hold(layout.root))
         prepare_workdir(layout.root, record, values["fresh"])
-        print(f"sweep: {len(members)} members ({trainer.padding} padding) of {config.model} on "
+        print(f"sweep: {plural(len(members), 'member')} ({trainer.padding} padding) of {config.model} on "
               f"{trainer.mesh.size} {jax.default_backend()} device(s) in {jax.process_count()} process(es), "
-              f"{config.epochs} epochs, {'all' if chunk is None else chunk} member(s) side by side")
+              f"{plural(config.epochs, 'epoch')}, {'all' if chunk is None else chunk} member(s) side by side")
         fitted = fit(layout, trainer, config.epochs,
                      meta={"run": record, "stacked_members": len(members) + trainer.padding})
-    if not distributed.is_primary():
-        return {}
-    if fitted.finished_before:
-        print(f"{layout.root} already holds a finished sweep of {config.epochs} epochs")
-        if layout.results_md.exists():  # a finished run started again writes nothing
-            print(layout.results_md.read_text())
-            return records.read_json(layout.results_json)
-    text = results.write_results(layout, fitted.rows, environment={
-        **report.environment(), "wall_seconds": round(time.time() - started, 2), "vmap_chunk": chunk,
-        "conv": config.conv if config.model == "lenet" else None,
-        "data": {"dataset": ds.name, "source": ds.source, "location": ds.location, **image_counts(splits)}})
-    print(text)
+        if not distributed.is_primary():
+            return {}
+        environment = {**report.environment(), "wall_seconds": round(time.time() - started, 2), "vmap_chunk": chunk,
+                       "conv": config.conv if config.model == "lenet" else None,
+                       "data": {"dataset": ds.name, "source": ds.source, "location": ds.location,
+                                **image_counts(splits)}}
+        if fitted.finished_before:
+            print(f"{layout.root} already holds a finished sweep of {plural(config.epochs, 'epoch')}")
+            if end_written(layout):  # a finished run started again writes nothing
+                print(layout.results_md.read_text())
+                print(f"results in {layout.root}")
+                return records.read_json(layout.results_json)
+            print(f"its results or plots were missing or damaged: rewritten from its records in {layout.root}")
+            events.mark_finished(layout.tb, trainer.board_runs())
+            environment["wall_seconds"] = None
+        print(results.write_results(layout, fitted.rows, environment=environment,
+                                    title=results.recipe_title(config)))
+    print(f"results in {layout.root} (results.md, results.json, plots; TensorBoard: tensorboard --logdir "
+          f"{layout.root})")
     return records.read_json(layout.results_json)
+
+
+def end_written(layout: Layout) -> bool:
+    """Whether the end of a finished sweep is on disk whole: its tables and plots, then results.json (written last)."""
+    plots_written = [layout.learning_curves] + ([layout.validation_vs_lr] if layout.validation_vs_lr.exists() else [])
+    return (isinstance(records.read_json_or_none(layout.results_json), dict) and layout.results_md.is_file()
+            and all(records.is_whole_png(path) for path in plots_written))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import jax
 
-from mnist_jax import cli, distributed, metrics, plots, records, report, settings
+from mnist_jax import cli, distributed, events, metrics, plots, records, report, settings
+from mnist_jax.metrics import plural
 from mnist_jax.data import image_counts
 from mnist_jax.loop import fit
 from mnist_jax.trainers import Single
@@ -53,29 +54,46 @@ def train(values: Mapping[str, Any]) -> dict:
         held.enter_context(hold(layout.root))
         prepare_workdir(layout.root, record, values["fresh"])
         fitted = fit(layout, trainer, config.epochs, meta={"run": record})
-    if fitted.finished_before:
-        final = metrics.columns(trainer.evaluate(fitted.state))
-        print(f"{layout.root} already holds a finished run of {config.epochs} epochs: "
-              f"test accuracy {float(final['test_accuracy']):.2%}, test loss {float(final['test_loss']):.4f}")
-        return records.read_json(layout.summary) if layout.summary.exists() else {}
+        if not distributed.is_primary():
+            return {}
+        data_summary = {"dataset": ds.name, "source": ds.source, "location": ds.location, **image_counts(splits)}
+        if fitted.finished_before:
+            final = metrics.columns(trainer.evaluate(fitted.state))
+            print(f"{layout.root} already holds a finished run of {plural(config.epochs, 'epoch')}: "
+                  f"test accuracy {float(final['test_accuracy']):.2%}, test loss {float(final['test_loss']):.4f}")
+            if end_written(layout):
+                return records.read_json(layout.summary)
+            print(f"its summary or curves were missing or damaged: rewritten from its records in {layout.root}")
+            events.mark_finished(layout.tb, trainer.board_runs())
+            return write_end(layout, config, member, fitted.rows, data_summary, wall_seconds=None)
+        summary = write_end(layout, config, member, fitted.rows, data_summary,
+                            wall_seconds=round(time.time() - started, 2))
+    final = fitted.rows[-1]
+    print(f"final test accuracy {final['test_accuracy']:.2%} (test loss {metrics.loss_text(final['test_loss'])}) after "
+          f"{plural(config.epochs, 'epoch')}; {summary['wall_seconds']:.1f} s; results in {layout.root}")
+    if final["diverged"]:
+        first = next(row["epoch"] for row in fitted.rows if row["diverged"])
+        print(f"DIVERGED in epoch {first}: a batch loss became non-finite or exceeded ten times chance, and the "
+              "parameters were frozen at their last sound values; lower --lr or --weight-decay")
+    return summary
 
-    rows = fitted.rows
-    final = rows[-1]
+
+def end_written(layout: Layout) -> bool:
+    """Whether the end of a finished run is on disk whole: its curves, then its summary (written last)."""
+    return isinstance(records.read_json_or_none(layout.summary), dict) and records.is_whole_png(layout.curves)
+
+
+def write_end(layout: Layout, config, member: dict, rows: list[dict], data_summary: dict,
+              wall_seconds: float | None) -> dict:
+    """The end of a run, from its metrics rows: curves.png, then summary.json (its presence says the end is
+    written). Idempotent: a launch that finds a finished run without them writes them again."""
     summary = report.summary(
         config, member, rows, devices_used=jax.device_count(),
         conv=config.conv if config.model == "lenet" else None,
-        train_seconds=round(sum(r["epoch_seconds"] for r in rows), 2), wall_seconds=round(time.time() - started, 2),
-        data={"dataset": ds.name, "source": ds.source, "location": ds.location, **image_counts(splits)},
-        **report.environment())
-    if distributed.is_primary():
-        records.write_json(layout.summary, summary)
-        plots.run_curves(layout.curves, layout.root.name, rows)
-    print(f"final test accuracy {final['test_accuracy']:.2%} (test loss {metrics.loss_text(final['test_loss'])}) after "
-          f"{config.epochs} epochs; {summary['wall_seconds']:.1f} s; results in {layout.root}")
-    if final["diverged"]:
-        first = next(row["epoch"] for row in rows if row["diverged"])
-        print(f"DIVERGED in epoch {first}: a batch loss became non-finite or exceeded ten times chance, and the "
-              "parameters were frozen at their last sound values; lower --lr or --weight-decay")
+        train_seconds=round(sum(r["epoch_seconds"] for r in rows), 2), wall_seconds=wall_seconds,
+        data=data_summary, **report.environment())
+    plots.run_curves(layout.curves, layout.root.name, rows)
+    records.write_json(layout.summary, summary)
     return summary
 
 

@@ -178,8 +178,8 @@ def _prepare(workdir: Path, description: dict, fresh: bool) -> None:
         raise UserError(f"workdir {workdir} has a checkpoints/ folder but no run.json, so it is not a run this "
                         "project can resume or may delete: choose another --workdir")
     if fresh and run_file.exists():
-        for path in layout.outputs():
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        _delete_outputs(layout)
+    records.remove_temporaries(layout.root)
     if run_file.exists():
         stored = read_run(workdir)
         if _identity(stored, stored) != _identity(description, stored):
@@ -190,6 +190,35 @@ def _prepare(workdir: Path, description: dict, fresh: bool) -> None:
         return
     workdir.mkdir(parents=True, exist_ok=True)
     records.write_json(run_file, description)
+
+
+def _delete_outputs(layout: Layout) -> None:
+    """--fresh: every output of the run removed, or, where one cannot be, nothing at all. A folder that is a symbolic
+    link (checkpoints kept on another disk) is emptied and the link kept; run.json goes last, so that a workdir is
+    never left with outputs but no record of whose they are."""
+    plan = []
+    for path in sorted(layout.outputs(), key=lambda p: p == layout.run):
+        if path.is_symlink() and path.is_dir():
+            plan.append((path, "empty"))
+        elif path.is_dir():
+            plan.append((path, "tree"))
+        elif path.exists() or path.is_symlink():
+            plan.append((path, "file"))
+    for path, how in plan:
+        folders = [] if how == "file" else [d for d, _, _ in os.walk(path.resolve() if how == "empty" else path)]
+        for folder in [path.parent] * (how != "empty") + [Path(f) for f in folders]:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise UserError(f"--fresh cannot delete {path}: {folder} is not writable (fix its permissions, or "
+                                "delete the run yourself); nothing was deleted")
+    for path, how in plan:
+        if how == "empty":
+            for entry in path.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            print(f"--fresh: emptied {path}, a link to {path.resolve()} (the link is kept)")
+        elif how == "tree":
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _identity(run: dict, stored: dict) -> dict:
@@ -241,7 +270,7 @@ def _choose_step(manager, workdir: Path, step: int | str) -> int:
 def selection_of(workdir: Path, step: int) -> dict:
     """{"metric", "value"}: the score checkpoint `step` was kept by (metrics.selection_score, mean over members
     in a sweep), as saved with it."""
-    manager = checkpoint.open_manager(Layout(workdir).checkpoints)
+    manager = _open_for_reading(workdir)
     try:
         (metric, value), = checkpoint.read_meta(manager, step)["selected_by"].items()
     finally:
@@ -274,8 +303,15 @@ class TrainedModel:
         return np.asarray(_predict_logits(self.config, self.state.params, self.hyper, images))
 
 
+def _open_for_reading(workdir: Path):
+    """The workdir's checkpoint manager, for reading only: a workdir without checkpoints gets no empty folder."""
+    if not Layout(workdir).checkpoints.is_dir():
+        raise UserError(f"{workdir} has no checkpoint yet: train first")
+    return checkpoint.open_manager(Layout(workdir).checkpoints)
+
+
 def _restore(workdir: Path, step: int | str, abstract_of) -> tuple[Any, int, dict]:
-    manager = checkpoint.open_manager(Layout(workdir).checkpoints)
+    manager = _open_for_reading(workdir)
     try:
         chosen = _choose_step(manager, workdir, step)
         meta = checkpoint.read_meta(manager, chosen)
@@ -350,3 +386,18 @@ def load_model(workdir: Path, checkpoint: int | str = "best", member: str | None
     if member is not None:
         raise UserError(f"--member is for sweep workdirs; {workdir} holds a single run")
     return load_run(workdir, checkpoint, conv)
+
+
+def checkpoint_used(workdir: Path, checkpoint: str | int, model: TrainedModel, member: str | None) -> tuple[dict, str]:
+    """({"checkpoint", "metric", "value"}, words): how the loaded checkpoint was chosen, and a phrase saying which
+    it is, e.g. "checkpoint of epoch 3 (best by val_accuracy 0.9812)"."""
+    selected = {"checkpoint": checkpoint, **selection_of(workdir, model.step)}
+    if checkpoint == "latest":
+        how = " (latest)"
+    elif checkpoint != "best":
+        how = ""
+    elif selected["metric"] == "epoch":
+        how = " (best: the latest, as the run had no validation split)"
+    else:
+        how = f" (best by {selected['metric']} {selected['value']:.4g}" + (" of all members)" if member else ")")
+    return selected, f"checkpoint of epoch {model.step}{how}"

@@ -246,11 +246,11 @@ def test_each_optimizer_has_its_own_default_weight_decay_and_a_given_one_wins():
 
 def test_convergence_is_compared_at_the_selected_lrs_over_the_seeds_where_both_reached_the_threshold():
     members = []
-    for seed, (elu, relu) in enumerate([(3, 5), (4, 6), (3, None), (2, 4)]):
+    for seed, (elu, relu) in enumerate([(3, 5), (4, 6), (3, None), (1, 4)]):
         members += [{**member("elu", 0.01, seed, 0.99), "epoch_to_98": elu},
                     {**member("relu", 0.01, seed, 0.99), "epoch_to_98": relu}]
     pairs = results.comparisons(members, results.select(results.summarize(members)))
     (sooner,) = [p for p in pairs if p["metric"] == "epoch_to_98"]
-    assert (sooner["n"], sooner["mean_difference"]) == (3, -2.0)  # seed 2: relu never reached 98%
+    assert (sooner["n"], sooner["mean_difference"]) == (3, pytest.approx(-7 / 3))  # seed 2: relu never reached 98%
     assert results.markdown(results.summarize(members), results.select(results.summarize(members)), pairs,
                             members).count("elu sooner") == 1

@@ -117,13 +117,13 @@ def test_a_sweep_is_the_product_of_its_member_lists_in_declaration_order():
     assert settings.parse_member_label("relu,1") == {"activation": "relu", "seed": 1}
 
 
-def test_default_workdir_names_stay_what_they_were():
+def test_default_workdir_names_name_what_differs_in_declaration_order():
     assert str(settings.workdir_name("train", train_values(train_limit=None, test_limit=None))) == \
         "checkpoints/mlp-relu-seed0"
     assert str(settings.workdir_name("train", cli.from_keywords("train", {
         "optimizer": "sgd", "lr": 0.1, "epochs": 3}))) == "checkpoints/lenet-relu-seed0-epochs3-optimizersgd-lr0.1"
     assert str(settings.workdir_name("sweep", cli.from_keywords("sweep", {
-        "lrs": [0.001, 0.01], "seeds": 5, "epochs": 2}))) == "checkpoints/sweep-lenet-seeds5-lrs0.001,0.01-epochs2"
+        "lrs": [0.001, 0.01], "seeds": 5, "epochs": 2}))) == "checkpoints/sweep-lenet-seeds5-lrs0.001_0.01-epochs2"
 
 
 @pytest.mark.parametrize("keywords, fragment", [
