@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 declare -A RECIPE=([adamw]="--optimizer adamw --schedule warmup-cosine" [sgd]="--optimizer sgd --schedule constant")
 declare -A LRS=([mlp-adamw]=0.0001,0.0003,0.001,0.003,0.01 [mlp-sgd]=0.003,0.01,0.03,0.1,0.3
-                [lenet-adamw]=0.001,0.003,0.01,0.03 [lenet-sgd]=0.003,0.01,0.03,0.1)
+                [lenet-adamw]=0.001,0.003,0.01,0.03,0.1 [lenet-sgd]=0.003,0.01,0.03,0.1)
 for model in ${MODELS:-mlp lenet}; do
   for recipe in ${RECIPES:-adamw sgd}; do
     workdir="checkpoints/study-$model-$recipe"

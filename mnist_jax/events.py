@@ -1,4 +1,6 @@
-"""TensorBoard event files: one TensorBoard run per trained member, under `<workdir>/tb/<member folder>`.
+"""TensorBoard event files: one TensorBoard run per trained member: a single run's in its workdir, a sweep member's in
+`<workdir>/<member folder>`, so that `tensorboard --logdir checkpoints/` names them `<workdir>` and
+`<workdir>/<member folder>`.
 
 Each epoch's metrics row becomes scalars at step = epoch (`train/loss`, `val/accuracy`, ..., `learning_rate`,
 `time/epoch_seconds`, `time/images_per_second`; a sweep's timing is the whole sweep's), and each run carries the
@@ -42,16 +44,18 @@ class Board:
         event at `first_epoch` or later is from a launch that stopped before that epoch's checkpoint."""
         self._writers = []
         for name, hparams in runs:
-            run = directory / name
+            run = directory / name if name else directory
             run.mkdir(parents=True, exist_ok=True)
-            launches = len(list(run.glob("events.out.tfevents.*")))
+            launches = len(list(run.glob(EVENT_FILES)))
             # Files are named by the second they were opened in (TensorBoard reads them in name order); the suffix
             # keeps two launches of one second apart.
             writer = EventsWriter(str(run / "events"), filename_suffix=f".{launches}")
             self._writers.append(writer)
             if not launches:
-                experiment, start, _ = summary.hparams(dict(hparams), dict.fromkeys(HPARAMS_METRICS, 0.0))
-                _write(writer, experiment, step=0)
+                # The session's hparams alone, no experiment summary: TensorBoard then builds the experiment from
+                # every run's sessions and marks which hparams differ (given one run's experiment, it takes that as
+                # everyone's and shows the seed as if all runs shared it).
+                _, start, _ = summary.hparams({k: shown(v) for k, v in hparams.items()}, {})
                 _write(writer, start, step=0)
             # Every launch starts a session at its first epoch: TensorBoard drops the events of earlier launches from
             # that step on (a launch's first session is no restart to its Python reader, hence one in each launch).
@@ -81,8 +85,13 @@ class Board:
                 writer.close()
 
 
-# The scalars the HParams tab shows for each run (their last values): validation first, the test set last.
-HPARAMS_METRICS = [f"{split}/{metric}" for split in ("val", "train", "test") for metric in metrics.METRICS]
+EVENT_FILES = "events.out.tfevents.*"
+
+
+def shown(value: Any) -> Any:
+    """An hparam as the HParams tab shows it well: a whole number as text (it prints numbers as 128.00), so that a
+    seed or a batch size reads as itself and groups as a category."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _write(writer: EventsWriter, piece: Summary, step: int) -> None:
@@ -93,9 +102,9 @@ def mark_finished(directory: Path, runs: Sequence[tuple[str, Mapping[str, Any]]]
     """The session-end marks of a finished run whose launch stopped before writing them (a new event file each)."""
     _, _, end = summary.hparams({}, {})
     for name, _ in runs:
-        run = directory / name
+        run = directory / name if name else directory
         run.mkdir(parents=True, exist_ok=True)
-        writer = EventsWriter(str(run / "events"), filename_suffix=f".{len(list(run.glob('events.out.tfevents.*')))}")
+        writer = EventsWriter(str(run / "events"), filename_suffix=f".{len(list(run.glob(EVENT_FILES)))}")
         try:
             _write(writer, end, step=0)
             writer.flush()

@@ -103,7 +103,7 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
             return Fitted(state, rows, True)
         if distributed.is_primary():  # drops damaged rows and those of epochs whose checkpoint was lost
             records.write_rows(layout.metrics, rows)
-            board = _writing_events(layout, lambda: events.Board(layout.tb, trainer.board_runs(), start + 1))
+            board = _writing_events(layout, lambda: events.Board(layout.root, trainer.board_runs(), start + 1))
         state, place = _resume_place(layout, trainer, start, epochs, state)
         plan = lambda done=0: pieces(trainer.steps_per_epoch, trainer.members_per_device,  # noqa: E731
                                      trainer.piece_member_steps, done)
@@ -240,7 +240,7 @@ def _writing_events(layout: Layout, write: Callable):
     try:
         return write()
     except OSError as e:
-        raise UserError(f"could not write TensorBoard events in {layout.tb} ({records.os_reason(e)}): "
+        raise UserError(f"could not write TensorBoard events in {layout.root} ({records.os_reason(e)}): "
                         f"{records.fix_for(e)}, then run the same command") from None
 
 

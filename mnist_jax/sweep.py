@@ -86,7 +86,7 @@ def sweep(values: Mapping[str, Any]) -> dict:
                 print(f"results in {layout.root}")
                 return records.read_json(layout.results_json)
             print(f"its results or plots were missing or damaged: rewritten from its records in {layout.root}")
-            events.mark_finished(layout.tb, trainer.board_runs())
+            events.mark_finished(layout.root, trainer.board_runs())
             environment["wall_seconds"] = None
         print(results.write_results(layout, fitted.rows, environment=environment,
                                     title=results.recipe_title(config)))

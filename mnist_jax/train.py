@@ -64,7 +64,7 @@ def train(values: Mapping[str, Any]) -> dict:
             if end_written(layout):
                 return records.read_json(layout.summary)
             print(f"its summary or curves were missing or damaged: rewritten from its records in {layout.root}")
-            events.mark_finished(layout.tb, trainer.board_runs())
+            events.mark_finished(layout.root, trainer.board_runs())
             return write_end(layout, config, member, fitted.rows, data_summary, wall_seconds=None)
         summary = write_end(layout, config, member, fitted.rows, data_summary,
                             wall_seconds=round(time.time() - started, 2))

@@ -69,7 +69,7 @@ class Single:
         return metrics.describe(row, self.config.epochs)
 
     def board_runs(self) -> list[tuple[str, dict]]:
-        return [(settings.member_folder(self.member), settings.hparams(self.config, self.member))]
+        return [("", settings.hparams(self.config, self.member))]  # the workdir itself is the run
 
 
 class Population:

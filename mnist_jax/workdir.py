@@ -19,6 +19,7 @@ import numpy as np
 
 from mnist_jax import checkpoint, distributed, engine, models, records, settings
 from mnist_jax.errors import UserError
+from mnist_jax.events import EVENT_FILES
 
 
 # The version of run.json's layout; a workdir of another version is refused rather than half understood. Version 2
@@ -59,7 +60,7 @@ class Layout:
     curves = _Output("curves.png")
     learning_curves = _Output("learning_curves.png")
     validation_vs_lr = _Output("validation_vs_lr.png")
-    tb = _Output("tb")
+    tb = _Output("tb")  # where TensorBoard events went before they moved beside the run (see `events`)
 
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
@@ -69,7 +70,12 @@ class Layout:
         return self.root / ".lock"
 
     def outputs(self) -> list[Path]:
-        return [getattr(self, name) for name in self.OUTPUTS]
+        """Every output: the declared ones, and TensorBoard's event files (a single run's here, a sweep member's
+        in a folder of its own)."""
+        events = [*self.root.glob(EVENT_FILES), *(folder for folder in self.root.iterdir()
+                                                  if folder.is_dir() and not folder.is_symlink()
+                                                  and any(folder.glob(EVENT_FILES)))] if self.root.is_dir() else []
+        return [getattr(self, name) for name in self.OUTPUTS] + events
 
 
 def config_record(config: engine.Config) -> dict:

@@ -4,8 +4,11 @@ import json
 import shutil
 
 import pytest
-from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard import context
+from tensorboard.backend.event_processing import (data_provider, event_accumulator, plugin_event_accumulator,
+                                                  plugin_event_multiplexer)
+from tensorboard.plugins import base_plugin
+from tensorboard.plugins.hparams import backend_context, plugin_data_pb2
 
 from mnist_jax import engine, sweep, train
 
@@ -53,12 +56,12 @@ def assert_matches(scalars: dict, metric_rows: list[dict]):
 def test_a_train_run_writes_its_metrics_rows_as_tensorboard_scalars(tmp_path):
     workdir = tmp_path / "run"
     assert run_cli(train.main, *QUICK, "--epochs", "2", "--lr", "0.003", "--seed", "5", "--workdir", workdir) == 0
-    (run_dir,) = (workdir / "tb").iterdir()
-    assert run_dir.name == "relu-seed5-lr0.003"
+    run_dir = workdir  # the run is the workdir itself: `tensorboard --logdir checkpoints/` names it by its folder
+    assert len(list(workdir.glob("events.out.tfevents.*"))) == 1 and not (workdir / "tb").exists()
     assert_matches(read_scalars(run_dir), rows(workdir))
-    assert hparams_of(run_dir) == {"activation": "relu", "seed": 5, "lr": 0.003, "model": "mlp", "optimizer": "adamw",
-                                   "schedule": "warmup-cosine", "weight_decay": 0.2, "batch_size": 64, "epochs": 2,
-                                   "hidden": "32", "dtype": "float32"}
+    assert hparams_of(run_dir) == {"activation": "relu", "seed": "5", "lr": 0.003, "model": "mlp",
+                                   "optimizer": "adamw", "schedule": "warmup-cosine", "weight_decay": 0.2,
+                                   "batch_size": "64", "epochs": "2", "hidden": "32", "dtype": "float32"}
 
 
 def test_each_sweep_member_is_a_tensorboard_run_with_its_hparams(tmp_path):
@@ -66,16 +69,38 @@ def test_each_sweep_member_is_a_tensorboard_run_with_its_hparams(tmp_path):
     assert run_cli(sweep.main, *QUICK, "--activations", "elu,relu", "--seeds", "1", "--lrs", "0.001,0.01",
                    "--epochs", "2", "--workdir", workdir) == 0
     metric_rows = rows(workdir)
-    names = sorted(p.name for p in (workdir / "tb").iterdir())
+    names = sorted(p.name for p in workdir.iterdir() if list(p.glob("events.out.tfevents.*")))
     assert names == ["elu-seed0-lr0.001", "elu-seed0-lr0.01", "relu-seed0-lr0.001", "relu-seed0-lr0.01"]
     for i, member in enumerate(metric_rows[0]["members"]):
-        run_dir = workdir / "tb" / f"{member['activation']}-seed{member['seed']}-lr{member['lr']:g}"
+        run_dir = workdir / f"{member['activation']}-seed{member['seed']}-lr{member['lr']:g}"
         member_rows = [{**row["members"][i], "epoch": row["epoch"], "epoch_seconds": row["epoch_seconds"],
                         "images_per_second": row["images_per_second"]} for row in metric_rows]
         assert_matches(read_scalars(run_dir), member_rows)
         hparams = hparams_of(run_dir)
-        assert (hparams["activation"], hparams["seed"], hparams["lr"]) == (member["activation"], 0, member["lr"])
-        assert (hparams["model"], hparams["hidden"], hparams["epochs"]) == ("mlp", "32", 2)
+        assert (hparams["activation"], hparams["seed"], hparams["lr"]) == (member["activation"], "0", member["lr"])
+        assert (hparams["model"], hparams["hidden"], hparams["epochs"]) == ("mlp", "32", "2")
+
+
+def test_the_hparams_tab_compares_every_member_and_marks_what_differs(tmp_path):
+    logdir = tmp_path / "checkpoints"
+    assert run_cli(sweep.main, *QUICK, "--activations", "elu,relu", "--seeds", "2", "--lrs", "0.001", "--epochs", "1",
+                   "--workdir", logdir / "sweep") == 0
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    tb = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
+                               data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
+    hparams, request = backend_context.Context(tb), context.RequestContext()
+    content = hparams.hparams_metadata(request, "")
+    assert sorted(content) == ["sweep/elu-seed0-lr0.001", "sweep/elu-seed1-lr0.001", "sweep/relu-seed0-lr0.001",
+                               "sweep/relu-seed1-lr0.001"]  # run names without a tb/ between
+    experiment = hparams.experiment_from_metadata(request, "", True, content,
+                                                  hparams.hparams_from_data_provider(request, "", None))
+    differs = {info.name: info.differs for info in experiment.hparam_infos}
+    assert differs["activation"] and differs["seed"] and not differs["lr"] and not differs["batch_size"]
+    seeds = [value.string_value for info in experiment.hparam_infos if info.name == "seed"
+             for value in info.domain_discrete.values]
+    assert sorted(seeds) == ["0", "1"]  # whole numbers read as themselves, not 0.00
 
 
 def test_a_resumed_run_continues_its_curves_without_duplicate_epochs(tmp_path):
@@ -85,8 +110,8 @@ def test_a_resumed_run_continues_its_curves_without_duplicate_epochs(tmp_path):
     # The process died after writing epoch 3's events, before its checkpoint was complete: epoch 3 is trained again.
     shutil.rmtree(workdir / "checkpoints" / "3")
     assert run_cli(train.main, *argv) == 0
-    assert len(list((workdir / "tb" / "relu-seed0-lr0.002").iterdir())) == 2  # one event file per launch
-    assert_matches(read_scalars(workdir / "tb" / "relu-seed0-lr0.002"), rows(workdir))
+    assert len(list(workdir.glob("events.out.tfevents.*"))) == 2  # one event file per launch
+    assert_matches(read_scalars(workdir), rows(workdir))
 
 
 def test_the_learning_rate_is_that_of_each_epochs_last_step():
