@@ -232,3 +232,16 @@ def test_counts_read_as_words_say_them():
     from mnist_jax.metrics import plural
     assert (plural(1, "epoch"), plural(2, "epoch")) == ("1 epoch", "2 epochs")
     assert results.THRESHOLDS  # the convergence thresholds stay declared in one place
+
+
+def test_a_ctrl_c_while_the_process_exits_ends_quietly(tmp_path):
+    """An exit-time callback that is interrupted (here: one that sends itself SIGINT, as a second Ctrl-C would while
+    JAX and Orbax shut down) prints no 'Exception ignored in atexit callback' traceback."""
+    program = ("import atexit, os, signal, time\n"
+               "from mnist_jax import cli\n"
+               "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))\n"
+               "cli.run(lambda argv: 0)\n")
+    result = subprocess.run([sys.executable, "-c", program], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, \
+        result.stderr
