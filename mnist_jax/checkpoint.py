@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metr
 @contextlib.contextmanager
 def _quiet_unless_ok():
     """Holds back stderr and the absl and asyncio loggers for the block: replayed if it succeeds, dropped if it
-    raises (asyncio logs the abandoned write task again when it is collected, so that happens inside too)."""
+    raises. After a failure the two loggers stay quiet, and so do the warnings of the write's abandoned coroutines:
+    Orbax's threads and asyncio report the same failure again later, while the caller is saying it in one line and
+    ending."""
     sys.stderr.flush()
     saved = os.dup(2)
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
@@ -91,15 +94,17 @@ def _quiet_unless_ok():
             yield
         except BaseException:
             failed = True
+            # The write's coroutines that never ran are reported when the interpreter ends: the same failure again.
+            warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
             gc.collect()
             raise
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
             if not failed:
+                for logger, level in zip(loggers, levels):
+                    logger.setLevel(level)
                 held.seek(0)
                 text = held.read().decode(errors="replace")
                 if text:
