@@ -48,24 +48,23 @@ def add_settings(parser: argparse.ArgumentParser, command: str) -> None:
     """The flags of `command` (train or sweep), one per declaration in settings.SETTINGS; a sweep takes its
     member settings as lists (--activations, --seeds or --seed-list, --lrs)."""
     groups = {name: parser.add_argument_group(name, text) for name, text in settings.GROUPS.items()}
-    defaults = settings.defaults(command)
-    for name, parse in settings.parsers(command).items():
-        s = settings.BY_NAME.get(name) or next(m for m in settings.members_of() if name in (m.plural, m.count))
+    for i in settings.inputs(command):
+        s = i.setting
         target = groups[s.group] if s.group else parser
-        flag = "--" + name.replace("_", "-")
+        flag = "--" + i.name.replace("_", "-")
         if s.parse is settings.flag:
             target.add_argument(flag, action="store_true", help=s.help)
-        elif name == s.count:
-            target.add_argument(flag, type=argument_type(parse), default=defaults[name],
+        elif i.name == s.count:
+            target.add_argument(flag, type=argument_type(i.parse), default=i.default,
                                 help=f"{s.name}s 0..N-1 (default: %(default)s)")
-        elif name == s.plural:
-            shown = ",".join(map(str, defaults[name])) if defaults[name] else None
+        elif i.name == s.plural:
+            shown = ",".join(map(str, i.default)) if i.default else None
             text = f"comma-separated {s.name} values" + (f" (default: {shown})" if shown else "") + (
                 f" (overrides --{s.count})" if s.count else "") + ("" if shown or s.count else f"; {s.help}")
-            target.add_argument(flag, type=argument_type(parse), default=defaults[name], help=text)
+            target.add_argument(flag, type=argument_type(i.parse), default=i.default, help=text)
         else:
-            target.add_argument(flag, type=argument_type(parse), default=defaults[name], metavar=s.metavar,
-                                choices=s.choices, help=_help(s.help, defaults[name]))
+            target.add_argument(flag, type=argument_type(i.parse), default=i.default, metavar=s.metavar,
+                                choices=s.choices, help=_help(s.help, i.default))
 
 
 def add_data_settings(parser: argparse.ArgumentParser) -> None:

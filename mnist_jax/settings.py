@@ -133,7 +133,8 @@ def flag(value: Any) -> bool:
 class Setting:
     """One setting. `plural` is a member setting's list form in a sweep (`count`, a number of values 0..N-1, may
     stand for it), `tag` prefixes its value in a member's folder name, and `record` names it in a single run's record
-    where that differs from `name`. `model` limits a setting to one model (the MLP's hidden sizes)."""
+    where that differs from `name`. `model` limits a setting to one model (the MLP's hidden sizes). `fill` says what
+    a value such as None or "auto" stands for, given the static settings (the optimizer's own learning rate)."""
 
     name: str
     default: Any
@@ -154,6 +155,7 @@ class Setting:
     encode: Callable[[Any], Any] = lambda value: value
     tag: str = ""
     record: str | None = None
+    fill: Callable[[Any, Mapping[str, Any]], Any] | None = None  # (value, static settings) -> what it stands for
 
     @property
     def record_key(self) -> str:
@@ -184,9 +186,12 @@ SETTINGS: tuple[Setting, ...] = (
             "rate, then cosine decay to zero; constant: the learning rate throughout",
             one_of(engine.SCHEDULES, "schedule"), STATIC, True, choices=tuple(engine.SCHEDULES)),
     Setting("lr", None, "peak learning rate (default: the optimizer's, see --optimizer)", positive_float, MEMBER,
-            True, plural="lrs", dtype=jnp.float32, tag="lr", record="learning_rate"),
+            True, plural="lrs", dtype=jnp.float32, tag="lr", record="learning_rate",
+            fill=lambda value, static: engine.OPTIMIZERS[static["optimizer"]].learning_rate if value is None
+            else value),
     Setting("weight_decay", None, "weight decay (default: the optimizer's, see --optimizer)", non_negative_float,
-            STATIC, True),
+            STATIC, True, fill=lambda value, static: engine.OPTIMIZERS[static["optimizer"]].weight_decay
+            if value is None else value),
     Setting("hidden", (256, 128), "MLP hidden sizes, comma-separated", int_tuple, STATIC, True, model="mlp"),
     Setting("dtype", "float32", "compute dtype; parameters and optimizer state stay float32. bfloat16 is for TPUs "
             "and GPUs (on a CPU it is slower)", one_of(("float32", "bfloat16"), "dtype"), STATIC, True,
@@ -194,7 +199,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("conv", "auto", "how LeNet's convolutions are computed (the same network and parameters either way): "
             "toeplitz, block-Toeplitz matmuls, fastest on CPU; lax, the standard convolution for GPU and TPU; auto, "
             "the one for this backend", one_of(("auto", *models.CONV_FORMS), "conv"), STATIC,
-            choices=("auto", *models.CONV_FORMS)),
+            choices=("auto", *models.CONV_FORMS),
+            fill=lambda value, static: models.default_conv() if value == "auto" else value),
     Setting("validation_size", data.VALIDATION_SIZE, "training images held out for validation, the same ones for "
             "every run and seed; the best checkpoint is chosen on them (0: no validation split, the best is the "
             "latest)", non_negative_int, DATA, True, group="splits"),
@@ -243,30 +249,38 @@ def members_of(role: str = MEMBER) -> list[Setting]:
     return [s for s in SETTINGS if s.role == role]
 
 
-def defaults(command: str) -> dict[str, Any]:
-    """Every setting of `command` at its default; a sweep holds its member settings' list forms."""
-    values = {}
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """One value a command takes (a flag, an API keyword): a setting itself, or, in a sweep, a member setting's list
+    or count form (`name` is then `setting.plural` or `setting.count`)."""
+
+    name: str
+    setting: Setting
+    parse: Callable[[Any], Any]
+    default: Any
+
+
+def inputs(command: str) -> list[Input]:
+    """Every value `command` takes, in declaration order; a sweep takes its member settings as lists."""
+    out = []
     for s in of(command):
         if command == "sweep" and s.role == MEMBER:
-            values[s.plural] = s.plural_default
+            out.append(Input(s.plural, s, list_of(s.parse), s.plural_default))
             if s.count:
-                values[s.count] = s.count_default
+                out.append(Input(s.count, s, _count, s.count_default))
         else:
-            values[s.name] = s.default
-    return values
+            out.append(Input(s.name, s, s.parse, s.default))
+    return out
+
+
+def defaults(command: str) -> dict[str, Any]:
+    """Every value of `command` at its default."""
+    return {i.name: i.default for i in inputs(command)}
 
 
 def parsers(command: str) -> dict[str, Callable[[Any], Any]]:
-    """The parser of each of `command`'s values by name (a sweep's member settings as lists)."""
-    out = {}
-    for s in of(command):
-        if command == "sweep" and s.role == MEMBER:
-            out[s.plural] = list_of(s.parse)
-            if s.count:
-                out[s.count] = _count
-        else:
-            out[s.name] = s.parse
-    return out
+    """The parser of each of `command`'s values by name."""
+    return {i.name: i.parse for i in inputs(command)}
 
 
 def _count(value: Any) -> int:
@@ -277,22 +291,17 @@ def _count(value: Any) -> int:
 
 
 def config(values: Mapping[str, Any], train_size: int, **engine_fields) -> engine.Config:
-    """The engine's Config of these values (defaults for those not given), with what a default stands for filled
-    in: the optimizer's weight decay, the convolution form of this backend, no hidden sizes but the MLP's."""
-    static = {s.name: values.get(s.name, s.default) for s in SETTINGS if s.role == STATIC}
-    if static["weight_decay"] is None:
-        static["weight_decay"] = engine.OPTIMIZERS[static["optimizer"]].weight_decay
-    if static["conv"] == "auto":
-        static["conv"] = models.default_conv()
+    """The engine's Config of these values (defaults for those not given), with what a value stands for filled in
+    (each setting's `fill`), and no hidden sizes but the MLP's."""
+    given = {s.name: values.get(s.name, s.default) for s in SETTINGS if s.role == STATIC}
+    static = {s.name: s.fill(given[s.name], given) if s.fill else given[s.name] for s in members_of(STATIC)}
     static["hidden"] = tuple(static["hidden"]) if static["model"] == BY_NAME["hidden"].model else ()
     return engine.Config(**static, train_size=train_size, **engine_fields)
 
 
 def member_value(setting: Setting, value: Any, config: engine.Config) -> Any:
-    """A member setting's value with its default filled in (the learning rate: the optimizer's)."""
-    if setting.name == "lr" and value is None:
-        return engine.OPTIMIZERS[config.optimizer].learning_rate
-    return value
+    """A member setting's value with what it stands for filled in (its `fill`: the learning rate, the optimizer's)."""
+    return setting.fill(value, dataclasses.asdict(config)) if setting.fill else value
 
 
 def member(values: Mapping[str, Any], config: engine.Config) -> dict[str, Any]:
