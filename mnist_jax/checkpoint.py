@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from mnist_jax import distributed
-from mnist_jax.errors import UserError
+from mnist_jax.errors import UserError, first_line
 
 # The score each step is saved with (validation accuracy, or the epoch where there is no validation split: see
 # metrics.selection_score); the best step is the one with the highest.
@@ -128,7 +128,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types for a damaged step; the user needs which step it was
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 200)
         raise UserError(f"checkpoint step {step} in {manager.directory} is corrupted ({reason}): delete "
                         f"{Path(manager.directory) / str(step)} to resume from the step before, or use --fresh") from None
     return restored["state"], restored["meta"]

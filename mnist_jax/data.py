@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_jax.errors import UserError
+from mnist_jax.errors import UserError, first_line
 
 SOURCES = ("auto", "bundled", "idx", "tfds")
 DATASETS = ("mnist", "fashion_mnist")
@@ -211,7 +211,7 @@ def load_tfds(name: str = "mnist", data_dir: str | os.PathLike | None = None) ->
                    for split in ("train", "test")]
         arrays = [_records_to_arrays(source[i] for i in range(len(source))) for source in sources]
     except Exception as e:  # tfds raises many types for data it cannot read; the user needs the reason
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = first_line(e)
         if importlib.util.find_spec("tensorflow") is None:
             raise UserError(f"tfds cannot read {name} from {tfds_dir} without TensorFlow ({reason}): use "
                             "--data-source bundled, or prepare it in array_record format where TensorFlow is "
@@ -224,7 +224,7 @@ def load_tfds(name: str = "mnist", data_dir: str | os.PathLike | None = None) ->
             splits = tfds.as_numpy(tfds.load(name, split=["train", "test"], data_dir=str(tfds_dir),
                                              download=not prepared, batch_size=-1))
         except Exception as e2:  # same reason as above
-            raise UserError(f"tfds could not load {name} from {tfds_dir}: {str(e2).strip().splitlines()[0]}") \
+            raise UserError(f"tfds could not load {name} from {tfds_dir}: {first_line(e2, 10 ** 6)}") \
                 from None
         arrays = [(split["image"].reshape(-1, 28, 28).astype(np.uint8), split["label"].astype(np.int32))
                   for split in splits]
@@ -312,7 +312,9 @@ def load_splits(dataset: str, source: str, data_dir: Path | None, validation_siz
     return ds, splits, record, line
 
 
-def image_counts(splits: dict) -> dict[str, int]:
-    """How many images each split holds, as summaries and results record them (0 validation images: none)."""
-    return {"train_images": len(splits["train"][1]), "validation_images": len(splits.get("val", ((), ()))[1]),
+def summary_of(ds: Dataset, splits: dict) -> dict:
+    """The data as summaries and results record it: which dataset from where, and how many images each split holds
+    (0 validation images: none)."""
+    return {"dataset": ds.name, "source": ds.source, "location": ds.location,
+            "train_images": len(splits["train"][1]), "validation_images": len(splits.get("val", ((), ()))[1]),
             "test_images": len(splits["test"][1])}

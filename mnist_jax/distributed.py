@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mnist_jax.errors import UserError
+from mnist_jax.errors import UserError, first_line
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 # A lost or stopped process is detected at most this long after --distributed-timeout: the watch looks every
@@ -302,7 +302,7 @@ class _Watch:
         """Ends the process if a lost peer explains `error`, raised inside exchange `what`; else returns (for the
         caller to report it as it would in a single process): a peer is known lost or gone, or the runtime says a
         collective lost its connection."""
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        reason = first_line(error)
         peerish = _PEER_TROUBLE.search(reason) is not None
         runtime = isinstance(error, jax.errors.JaxRuntimeError)
         if peerish or runtime:  # give the watch a moment to see the lost process's connection close, and name it

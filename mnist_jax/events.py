@@ -44,12 +44,7 @@ class Board:
         event at `first_epoch` or later is from a launch that stopped before that epoch's checkpoint."""
         self._writers = []
         for name, hparams in runs:
-            run = directory / name if name else directory
-            run.mkdir(parents=True, exist_ok=True)
-            launches = len(list(run.glob(EVENT_FILES)))
-            # Files are named by the second they were opened in (TensorBoard reads them in name order); the suffix
-            # keeps two launches of one second apart.
-            writer = EventsWriter(str(run / "events"), filename_suffix=f".{launches}")
+            writer, launches = _open(directory, name)
             self._writers.append(writer)
             if not launches:
                 # The session's hparams alone, no experiment summary: TensorBoard then builds the experiment from
@@ -94,6 +89,16 @@ def shown(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+def _open(directory: Path, name: str) -> tuple[EventsWriter, int]:
+    """A new event file for run `name` ("" for the directory itself), and how many launches wrote there before.
+    Files are named by the second they were opened in (TensorBoard reads them in name order); the suffix keeps two
+    launches of one second apart."""
+    run = directory / name if name else directory
+    run.mkdir(parents=True, exist_ok=True)
+    launches = len(list(run.glob(EVENT_FILES)))
+    return EventsWriter(str(run / "events"), filename_suffix=f".{launches}"), launches
+
+
 def _write(writer: EventsWriter, piece: Summary, step: int) -> None:
     writer.write_event(Event(wall_time=time.time(), step=step, summary=piece))
 
@@ -102,9 +107,7 @@ def mark_finished(directory: Path, runs: Sequence[tuple[str, Mapping[str, Any]]]
     """The session-end marks of a finished run whose launch stopped before writing them (a new event file each)."""
     _, _, end = summary.hparams({}, {})
     for name, _ in runs:
-        run = directory / name if name else directory
-        run.mkdir(parents=True, exist_ok=True)
-        writer = EventsWriter(str(run / "events"), filename_suffix=f".{len(list(run.glob(EVENT_FILES)))}")
+        writer, _ = _open(directory, name)
         try:
             _write(writer, end, step=0)
             writer.flush()

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_jax import cli, settings
-from mnist_jax.errors import UserError
+from mnist_jax.errors import UserError, first_line
 from mnist_jax.workdir import checkpoint_used, load_model
 
 MAX_PIXELS = 40_000_000
@@ -86,8 +86,8 @@ def json_name(name: str | Path) -> str:
 
 
 def _first_line(error: BaseException) -> str:
-    text = (str(error).strip().splitlines() or [""])[0][:120]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    text = first_line(error, 120)
+    return text if text == type(error).__name__ else f"{type(error).__name__}: {text}"
 
 
 def _grayscale(path: Path, name: str) -> np.ndarray:

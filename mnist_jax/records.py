@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mnist_jax.errors import UserError
+from mnist_jax.errors import UserError, first_line
 
 
 _OS_REASONS = ("No space left on device", "Read-only file system", "Permission denied", "No such file or directory",
@@ -26,8 +26,7 @@ def os_reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     text = str(error)
-    return next((reason for reason in _OS_REASONS if reason in text),
-                text.strip().splitlines()[0][:160] if text.strip() else type(error).__name__)
+    return next((reason for reason in _OS_REASONS if reason in text), first_line(error))
 
 
 _HINTS = {"No space left on device": "free space", "Disk quota exceeded": "free space or raise the quota",

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import jax
 
 from mnist_jax import cli, distributed, events, population, records, report, results, settings
-from mnist_jax.data import image_counts
+from mnist_jax.data import summary_of
 from mnist_jax.errors import UserError
 from mnist_jax.export import export_member
 from mnist_jax.loop import fit
@@ -77,8 +77,7 @@ def sweep(values: Mapping[str, Any]) -> dict:
             return {}
         environment = {**report.environment(), "wall_seconds": round(time.time() - started, 2), "vmap_chunk": chunk,
                        "conv": config.conv if config.model == "lenet" else None,
-                       "data": {"dataset": ds.name, "source": ds.source, "location": ds.location,
-                                **image_counts(splits)}}
+                       "data": summary_of(ds, splits)}
         if fitted.finished_before:
             print(f"{layout.root} already holds a finished sweep of {plural(config.epochs, 'epoch')}")
             if end_written(layout):  # a finished run started again writes nothing

@@ -14,7 +14,7 @@ import jax
 
 from mnist_jax import cli, distributed, events, metrics, plots, records, report, settings
 from mnist_jax.metrics import plural
-from mnist_jax.data import image_counts
+from mnist_jax.data import summary_of
 from mnist_jax.loop import fit
 from mnist_jax.trainers import Single
 from mnist_jax.workdir import Layout, hold, prepare_workdir, run_record
@@ -56,7 +56,7 @@ def train(values: Mapping[str, Any]) -> dict:
         fitted = fit(layout, trainer, config.epochs, meta={"run": record})
         if not distributed.is_primary():
             return {}
-        data_summary = {"dataset": ds.name, "source": ds.source, "location": ds.location, **image_counts(splits)}
+        data_summary = summary_of(ds, splits)
         if fitted.finished_before:
             final = metrics.columns(trainer.evaluate(fitted.state))
             print(f"{layout.root} already holds a finished run of {plural(config.epochs, 'epoch')}: "
