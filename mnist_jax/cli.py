@@ -47,7 +47,8 @@ def _help(text: str, default) -> str:
 def add_settings(parser: argparse.ArgumentParser, command: str) -> None:
     """The flags of `command` (train or sweep), one per declaration in settings.SETTINGS; a sweep takes its
     member settings as lists (--activations, --seeds or --seed-list, --lrs)."""
-    groups = {name: parser.add_argument_group(name, text) for name, text in settings.GROUPS.items()}
+    used = {i.setting.group for i in settings.inputs(command)}
+    groups = {name: parser.add_argument_group(name, text) for name, text in settings.GROUPS.items() if name in used}
     for i in settings.inputs(command):
         s = i.setting
         target = groups[s.group] if s.group else parser
@@ -59,7 +60,8 @@ def add_settings(parser: argparse.ArgumentParser, command: str) -> None:
                                 help=f"{s.name}s 0..N-1 (default: %(default)s)")
         elif i.name == s.plural:
             shown = ",".join(map(str, i.default)) if i.default else None
-            text = f"comma-separated {s.name} values" + (f" (default: {shown})" if shown else "") + (
+            text = f"comma-separated {s.name} values" + (" or a range LOW..HIGH" if s.scale else "") + (
+                f" (default: {shown})" if shown else "") + (
                 f" (overrides --{s.count})" if s.count else "") + ("" if shown or s.count else f"; {s.help}")
             target.add_argument(flag, type=argument_type(i.parse), default=i.default, help=text)
         else:

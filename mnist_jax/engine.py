@@ -22,30 +22,47 @@ from mnist_jax.models import make_model
 DIVERGENCE_LOSS = 10 * math.log(10)
 
 
-def _adamw(learning_rate: jax.Array, weight_decay: float) -> optax.GradientTransformation:
-    return optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, weight_decay=weight_decay)
+def _injected(factory: Callable[..., optax.GradientTransformation], **hyperparameters: jax.Array):
+    """optax.inject_hyperparams(factory) that runs on `hyperparameters` (the member's, traced) at every step, not on
+    the copy its state keeps from init: a member that takes another's state (population-based training) keeps its
+    own hyperparameters. Every hyperparameter of `factory` is a float32 array either way, as it always was."""
+    inner = optax.inject_hyperparams(factory)(**hyperparameters)
+
+    def update(updates, state, params=None):
+        own = {name: jnp.asarray(value, state.hyperparams[name].dtype) for name, value in hyperparameters.items()}
+        return inner.update(updates, state._replace(hyperparams={**state.hyperparams, **own}), params)
+
+    return optax.GradientTransformation(inner.init, update)
 
 
-def _sgd(learning_rate: jax.Array, weight_decay: float) -> optax.GradientTransformation:
-    sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate, momentum=0.9, nesterov=True)
-    return optax.chain(optax.add_decayed_weights(weight_decay), sgd) if weight_decay else sgd
+def _adamw(hyper: "Hyper") -> optax.GradientTransformation:
+    return _injected(optax.adamw, learning_rate=hyper["lr"], b1=hyper["b1"], weight_decay=hyper["weight_decay"])
+
+
+def _sgd(hyper: "Hyper") -> optax.GradientTransformation:
+    # L2 weight decay added to the gradient (zero adds nothing), then Nesterov momentum b1
+    return optax.chain(optax.add_decayed_weights(hyper["weight_decay"]),
+                       _injected(lambda learning_rate, momentum: optax.sgd(learning_rate, momentum, nesterov=True),
+                                 learning_rate=hyper["lr"], momentum=hyper["b1"]))
 
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-    """An optimizer of the registry: how to build it around a (traced) peak learning rate, and its defaults."""
+    """An optimizer of the registry: how to build it from a member's (traced) hyperparameters, and its defaults."""
 
-    build: Callable[[jax.Array, float], optax.GradientTransformation]
+    build: Callable[["Hyper"], optax.GradientTransformation]
     learning_rate: float
     weight_decay: float
+    b1: float
     description: str
 
 
 # The one place for each optimizer's defaults; flags, sweeps and summaries read them from here.
 OPTIMIZERS = {
-    "adamw": Optimizer(_adamw, learning_rate=2e-3, weight_decay=0.2, description="AdamW (decoupled weight decay)"),
-    "sgd": Optimizer(_sgd, learning_rate=0.03, weight_decay=0.0,
-                     description="SGD with Nesterov momentum 0.9 (L2 weight decay only if given)"),
+    "adamw": Optimizer(_adamw, learning_rate=2e-3, weight_decay=0.2, b1=0.9,
+                       description="AdamW (decoupled weight decay)"),
+    "sgd": Optimizer(_sgd, learning_rate=0.03, weight_decay=0.0, b1=0.9,
+                     description="SGD with Nesterov momentum (b1; L2 weight decay only if given)"),
 }
 
 
@@ -66,7 +83,7 @@ class Config:
     """Everything that shapes the compiled program; hashable, so it is a static argument of `jit`.
 
     The fields a user sets are declared, with their defaults, in mnist_jax.settings (settings.config fills in what
-    a default stands for: the optimizer's weight decay, this backend's convolution form). `conv` is how LeNet is
+    a default stands for, e.g. this backend's convolution form). `conv` is how LeNet is
     computed, not what it computes, so it is no part of a run's identity.
     """
 
@@ -77,7 +94,6 @@ class Config:
     train_size: int
     optimizer: str
     schedule: str
-    weight_decay: float
     dtype: str
     conv: str
     warmup_epochs: float = 1.0
@@ -89,8 +105,9 @@ class Config:
 
 
 # One member's hyperparameters as arrays, keyed by the names of the member settings (mnist_jax.settings): the
-# activation's index into models.ACTIVATIONS ("activation"), the peak learning rate ("lr") and the seed ("seed").
-# Stacked on a leading axis they are a sweep's members.
+# activation's index into models.ACTIVATIONS ("activation"), the seed ("seed"), the peak learning rate ("lr"), the
+# weight decay ("weight_decay"), the first-moment coefficient ("b1": Adam's b1, SGD's momentum) and the
+# label smoothing ("label_smoothing"). Stacked on a leading axis they are a sweep's members.
 Hyper = dict[str, jax.Array]
 
 
@@ -112,10 +129,10 @@ def schedule(config: Config) -> optax.Schedule:
     return SCHEDULES[config.schedule](warmup, total)
 
 
-def make_optimizer(config: Config, learning_rate: jax.Array) -> optax.GradientTransformation:
-    """The configured optimizer, its peak learning rate data (inject_hyperparams), scaled by the schedule."""
-    optimizer = OPTIMIZERS[config.optimizer].build(learning_rate, config.weight_decay)
-    return optax.chain(optimizer, optax.scale_by_schedule(schedule(config)))
+def make_optimizer(config: Config, hyper: Hyper) -> optax.GradientTransformation:
+    """The configured optimizer of the member's (traced) hyperparameters, scaled by the schedule. Its state holds no
+    hyperparameter, so a member that takes another's state (population-based training) keeps its own."""
+    return optax.chain(OPTIMIZERS[config.optimizer].build(hyper), optax.scale_by_schedule(schedule(config)))
 
 
 def learning_rate(config: Config, peak: Any, epoch: int) -> Any:
@@ -137,21 +154,25 @@ def init_member(config: Config, hyper: Hyper) -> TrainState:
     """Initial parameters and optimizer state from the member's seed; the data-order key is split off it."""
     params_key, data_key = jax.random.split(jax.random.PRNGKey(hyper["seed"]))
     params = model(config).init(params_key, jnp.zeros((1, 28, 28), jnp.uint8), hyper["activation"])
-    opt_state = make_optimizer(config, hyper["lr"]).init(params)
+    opt_state = make_optimizer(config, hyper).init(params)
     return TrainState(params, opt_state, data_key, jnp.int32(0), jnp.bool_(False))
 
 
 def loss_and_logits(params, config: Config, hyper: Hyper, images, labels):
-    """Mean cross-entropy of a batch, and its logits."""
+    """Mean cross-entropy of a batch against its labels smoothed by the member's label smoothing a (the target
+    puts 1 - a on the label and a spread evenly over the ten classes), and its logits."""
     logits = apply(config, params, hyper, images)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+    labelled = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    uniform = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)  # cross-entropy against 1/10 each
+    # written so that a = 0 is the plain cross-entropy to the bit
+    return (labelled + hyper["label_smoothing"] * (uniform - labelled)).mean(), logits
 
 
 def train_step(config: Config, state: TrainState, hyper: Hyper, images, labels):
     """One optimizer step on one batch; once a member blows up its parameters freeze, so nothing non-finite spreads."""
     (loss, logits), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(
         state.params, config, hyper, images, labels)
-    updates, opt_state = make_optimizer(config, hyper["lr"]).update(grads, state.opt_state, state.params)
+    updates, opt_state = make_optimizer(config, hyper).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     all_finite = lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))  # noqa: E731
     # the new parameters too: a huge weight decay overflows them from finite gradients

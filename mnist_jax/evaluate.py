@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = read_run(workdir)
     model = load_model(workdir, args.checkpoint, args.member, args.conv)
     step = model.step
-    member_folder = settings.member_folder(model.member) if args.member else ""  # a sweep member's own folder
+    # a sweep member's own folder
+    member_folder = settings.member_folders(run["members"])[find_member(run, args.member)] if args.member else ""
     selected_by, used = checkpoint_used(workdir, args.checkpoint, model, args.member)
     if args.dataset not in (None, run["dataset"]):
         raise UserError(f"{workdir} was trained on {run['dataset']}, not {args.dataset}: evaluate it on "

@@ -227,10 +227,13 @@ def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], memb
     return "\n".join(lines) + "\n"
 
 
-def recipe_title(config) -> str:
-    """The model and recipe of an engine.Config in a few words, as the sweep's plots are titled."""
+def recipe_title(config, members: list[dict]) -> str:
+    """The model and recipe of an engine.Config in a few words, as the sweep's plots are titled (with the weight
+    decay where every member has the same)."""
     model = config.model + (f" {'x'.join(map(str, config.hidden))}" if config.hidden else "")
-    return (f"{model}: {config.optimizer}, {config.schedule} schedule, weight decay {config.weight_decay:g}, "
+    decays = {m["weight_decay"] for m in members}
+    decay = f"weight decay {decays.pop():g}, " if len(decays) == 1 else ""
+    return (f"{model}: {config.optimizer}, {config.schedule} schedule, {decay}"
             f"batch {config.batch_size}, {config.epochs} epoch{'' if config.epochs == 1 else 's'}"
             + ("" if config.dtype == "float32" else f", {config.dtype}"))
 

@@ -29,6 +29,8 @@ from mnist_jax import data, engine, models
 
 STATIC, MEMBER, DATA, LAUNCH, SWEEP = "static", "member", "data", "launch", "sweep"
 PROCESSES = "several processes (hosts)"  # the help section of the multi-process settings
+SEARCH = "search"  # the help section of a sweep's search space and scheduler
+SCHEDULERS = ("none", "halving", "pbt")
 SEED_LIMIT = 2 ** 32  # a seed is a uint32 of the PRNG key
 
 
@@ -75,6 +77,14 @@ positive_float = finite_number(positive=True)
 non_negative_float = finite_number(positive=False)
 
 
+def fraction(value: Any) -> float:
+    """A number in [0, 1): a coefficient such as b1 or label smoothing."""
+    number = non_negative_float(value)
+    if number >= 1:
+        raise ValueError(f"{value} must be at least 0 and below 1")
+    return number
+
+
 def one_of(choices: Iterable[str], what: str) -> Callable[[Any], str]:
     choices = tuple(choices)
 
@@ -108,6 +118,40 @@ def list_of(parse_one: Callable[[Any], Any]) -> Callable[[Any], list]:
         if repeated:
             raise ValueError(f"names {', '.join(repeated)} more than once: every member must be unique")
         return values
+    return parse
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A search range of a member setting, LOW..HIGH: a sweep samples it (log-uniformly for a setting of scale
+    "log", uniformly for "linear"), --samples times."""
+
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{_text(self.low)}..{_text(self.high)}"
+
+
+def space(setting: "Setting") -> Callable[[Any], "list | Range"]:
+    """A sweep's values of a member setting: a comma-separated list (a grid), or LOW..HIGH (a Range) where the
+    setting can be searched that way."""
+    listed = list_of(setting.parse)
+    ranged = [s.plural.replace("_", "-") for s in SETTINGS if s.scale]
+
+    def parse(value: Any) -> "list | Range":
+        if not isinstance(value, Range) and not (isinstance(value, str) and ".." in value):
+            return listed(value)
+        if setting.scale is None:
+            raise ValueError(f"{value} is a range, but a range LOW..HIGH is only for {', '.join(ranged)}: list "
+                             "the values, separated by commas")
+        low, high = (value.low, value.high) if isinstance(value, Range) else value.split("..", 1)
+        low, high = setting.parse(low), setting.parse(high)
+        if low >= high:
+            raise ValueError(f"range {value}: LOW must be below HIGH")
+        if setting.scale == "log" and low <= 0:
+            raise ValueError(f"range {value} is searched log-uniformly: LOW must be above 0")
+        return Range(low, high)
     return parse
 
 
@@ -156,6 +200,7 @@ class Setting:
     tag: str = ""
     record: str | None = None
     fill: Callable[[Any, Mapping[str, Any]], Any] | None = None  # (value, static settings) -> what it stands for
+    scale: str | None = None  # "log" or "linear": a member setting a sweep may search as a range LOW..HIGH
 
     @property
     def record_key(self) -> str:
@@ -163,7 +208,8 @@ class Setting:
 
 
 def _optimizers_help() -> str:
-    return "; ".join(f"{name}: {o.description}, default lr {o.learning_rate:g}, weight decay {o.weight_decay:g}"
+    return "; ".join(f"{name}: {o.description}, default lr {o.learning_rate:g}, weight decay {o.weight_decay:g}, "
+                     f"b1 {o.b1:g}"
                      for name, o in engine.OPTIMIZERS.items())
 
 
@@ -186,12 +232,19 @@ SETTINGS: tuple[Setting, ...] = (
             "rate, then cosine decay to zero; constant: the learning rate throughout",
             one_of(engine.SCHEDULES, "schedule"), STATIC, True, choices=tuple(engine.SCHEDULES)),
     Setting("lr", None, "peak learning rate (default: the optimizer's, see --optimizer)", positive_float, MEMBER,
-            True, plural="lrs", dtype=jnp.float32, tag="lr", record="learning_rate",
+            True, plural="lrs", dtype=jnp.float32, tag="lr", record="learning_rate", scale="log",
             fill=lambda value, static: engine.OPTIMIZERS[static["optimizer"]].learning_rate if value is None
             else value),
     Setting("weight_decay", None, "weight decay (default: the optimizer's, see --optimizer)", non_negative_float,
-            STATIC, True, fill=lambda value, static: engine.OPTIMIZERS[static["optimizer"]].weight_decay
-            if value is None else value),
+            MEMBER, True, plural="weight_decays", dtype=jnp.float32, tag="wd", scale="log",
+            fill=lambda value, static: engine.OPTIMIZERS[static["optimizer"]].weight_decay if value is None
+            else value),
+    Setting("b1", None, "first-moment coefficient: Adam's b1, SGD's momentum (default: the optimizer's, see "
+            "--optimizer)", fraction, MEMBER, True, plural="b1s", dtype=jnp.float32, tag="b1", scale="linear",
+            fill=lambda value, static: engine.OPTIMIZERS[static["optimizer"]].b1 if value is None else value),
+    Setting("label_smoothing", 0.0, "label smoothing a of the training loss: the target puts 1 - a on the label "
+            "and a spread over the ten classes (validation and test losses stay the plain cross-entropy)",
+            fraction, MEMBER, True, plural="label_smoothings", dtype=jnp.float32, tag="ls", scale="linear"),
     Setting("hidden", (256, 128), "MLP hidden sizes, comma-separated", int_tuple, STATIC, True, model="mlp"),
     Setting("dtype", "float32", "compute dtype; parameters and optimizer state stay float32. bfloat16 is for TPUs "
             "and GPUs (on a CPU it is slower)", one_of(("float32", "bfloat16"), "dtype"), STATIC, True,
@@ -220,6 +273,23 @@ SETTINGS: tuple[Setting, ...] = (
             "that many train one after another (lax.map). all: one vmap of every member; auto: 1 on CPU, where it "
             "measured fastest, all on GPU and TPU; the results are the same either way, up to float rounding",
             vmap_chunk, SWEEP, commands=("sweep",)),
+    Setting("samples", None, "configurations to sample from the ranges (LOW..HIGH) given for --lrs, "
+            "--weight-decays, --b1s or --label-smoothings, quasi-randomly (Halton); each is trained for every "
+            "activation, seed and listed value", positive_int, SWEEP, True, commands=("sweep",), group=SEARCH),
+    Setting("search_seed", 0, "seeds the sampled configurations and population-based training's choices",
+            seed, SWEEP, True, commands=("sweep",), group=SEARCH),
+    Setting("scheduler", "none", "none: every member trains every epoch; halving: successive halving, at each "
+            "rung (epochs R, R*eta, ...) each activation's best 1/eta of its cells by mean validation accuracy over "
+            "seeds train on and the rest stop; pbt: population-based training, each --pbt-interval epochs the "
+            "bottom quarter of each activation's members takes the state and hyperparameters of one of its top "
+            "quarter and perturbs them", one_of(SCHEDULERS, "scheduler"), SWEEP, True, commands=("sweep",),
+            choices=SCHEDULERS, group=SEARCH),
+    Setting("eta", 3, "successive halving: 1/eta of the cells go on at each rung", whole_number(2, "whole (at "
+            "least 2)"), SWEEP, True, commands=("sweep",), group=SEARCH),
+    Setting("first_rung", 1, "successive halving: epochs of the first rung", positive_int, SWEEP, True,
+            commands=("sweep",), metavar="EPOCHS", group=SEARCH),
+    Setting("pbt_interval", 1, "population-based training: epochs between exploits", positive_int, SWEEP, True,
+            commands=("sweep",), metavar="EPOCHS", group=SEARCH),
     Setting("workdir", None, "where metrics, summary and checkpoints go; an existing one is resumed (default: "
             "checkpoints/<model>-<activation>-seed<seed> for train, checkpoints/sweep-<model> for a sweep, followed "
             "by every setting of the run that differs from its default, e.g. -epochs3)", path),
@@ -236,6 +306,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 # Help sections: their titles and what they say.
 GROUPS = {"splits": None, "data": None,
+          SEARCH: "a member setting's list (--lrs 0.001,0.003) is a grid; a range (--lrs 0.0003..0.03, log-uniform "
+                  "for lrs and weight decays, uniform for the rest) is sampled --samples times. A cell is one "
+                  "configuration (all but the seed), trained under every seed",
           PROCESSES: "give all three to every process; with none, a TPU pod slice, SLURM or Open MPI is detected by "
                      "JAX itself, and a single host needs nothing"}
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -265,7 +338,7 @@ def inputs(command: str) -> list[Input]:
     out = []
     for s in of(command):
         if command == "sweep" and s.role == MEMBER:
-            out.append(Input(s.plural, s, list_of(s.parse), s.plural_default))
+            out.append(Input(s.plural, s, space(s), s.plural_default))
             if s.count:
                 out.append(Input(s.count, s, _count, s.count_default))
         else:
@@ -309,16 +382,83 @@ def member(values: Mapping[str, Any], config: engine.Config) -> dict[str, Any]:
     return {s.name: member_value(s, values.get(s.name, s.default), config) for s in members_of()}
 
 
+def check_search(values: Mapping[str, Any]) -> None:
+    """A ValueError naming what does not fit together in a sweep's search space and scheduler."""
+    ranged = [s for s in members_of() if isinstance(values.get(s.plural), Range)]
+    if ranged and not values.get("samples"):
+        raise ValueError(f"--{ranged[0].plural.replace('_', '-')} {values[ranged[0].plural]} is a range: say how many "
+                         "configurations to sample from it with --samples N")
+    if values.get("samples") and not ranged:
+        raise ValueError("--samples is for ranges: give at least one of " + ", ".join(
+            f"--{s.plural.replace('_', '-')}" for s in SETTINGS if s.scale) + " as LOW..HIGH")
+
+
+def sample(ranges: Mapping[str, Range], samples: int, search_seed: int) -> list[dict[str, float]]:
+    """`samples` configurations from `ranges` ({setting name: Range}), quasi-random (a scrambled Halton sequence
+    seeded by `search_seed`), each value rounded to 4 significant digits so that it reads back as it is named."""
+    from scipy.stats import qmc  # only a sampling sweep needs it
+
+    points = qmc.Halton(d=len(ranges), scramble=True, seed=search_seed).random(samples)
+    return [{name: draw(BY_NAME[name], r, u) for (name, r), u in zip(ranges.items(), point)} for point in points]
+
+
+def draw(setting: Setting, r: Range, u: float) -> float:
+    """The value at quantile `u` of range `r`, on the setting's scale, rounded to 4 significant digits, inside it."""
+    if setting.scale == "log":
+        value = math.exp(math.log(r.low) + u * (math.log(r.high) - math.log(r.low)))
+    else:
+        value = r.low + u * (r.high - r.low)
+    return min(max(float(f"{value:.4g}"), r.low), r.high)
+
+
 def sweep_members(values: Mapping[str, Any], config: engine.Config) -> list[dict[str, Any]]:
-    """Every member of a sweep: the product of the member settings' lists, in declaration order."""
-    spaces = []
+    """Every member of a sweep: the product of the member settings' lists in declaration order, where the sampled
+    configurations of the ranges (`sample`) stand together at the place of the first ranged setting."""
+    axes, ranges = [], {}
     for s in members_of():
         listed = values.get(s.plural, s.plural_default)
         if listed is None and s.count:
             listed = list(range(values.get(s.count, s.count_default)))
-        spaces.append(listed if listed is not None else [member_value(s, None, config)])
+        if isinstance(listed, Range):
+            if not ranges:
+                axes.append(None)  # the samples' place
+            ranges[s.name] = listed
+            continue
+        axes.append([{s.name: v} for v in (listed if listed is not None else [member_value(s, s.default, config)])])
+    if ranges:
+        axes[axes.index(None)] = sample(ranges, values["samples"], values["search_seed"])
     names = [s.name for s in members_of()]
-    return [dict(zip(names, combination)) for combination in itertools.product(*spaces)]
+    members = []
+    for parts in itertools.product(*axes):
+        merged = {k: v for part in parts for k, v in part.items()}
+        members.append({name: merged[name] for name in names})
+    return members
+
+
+def space_of(values: Mapping[str, Any], members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The searched space as results record it: {setting name: [values] or {"low", "high", "scale"}} for every
+    member setting but the seed."""
+    out = {}
+    for s in members_of():
+        if s.name == "seed":
+            continue
+        given = values.get(s.plural)
+        out[s.name] = ({"low": given.low, "high": given.high, "scale": s.scale} if isinstance(given, Range)
+                       else list(dict.fromkeys(m[s.name] for m in members)))
+    return out
+
+
+def cell_of(member: Mapping[str, Any]) -> tuple:
+    """A member's cell: every member setting but the seed."""
+    return tuple(member[s.name] for s in members_of() if s.name != "seed")
+
+
+def member_folders(members: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each member's folder (its TensorBoard run, its evaluation): relu-seed0-lr0.002, naming activation, seed and
+    learning rate, and each other member setting the members differ in (relu-seed0-lr0.002-wd0.01)."""
+    shown = [s for s in members_of() if s.name in ("activation", "seed", "lr")
+             or len({m[s.name] for m in members}) > 1]
+    return ["-".join(f"{s.tag}{_text(m[s.name])}" for s in shown) for m in members]
 
 
 def hyper(members: dict | Sequence[dict]) -> engine.Hyper:
@@ -337,11 +477,6 @@ def _text(value: Any, sep: str = "x") -> str:
 def member_label(member: Mapping[str, Any]) -> str:
     """How people name a member, and how --member and --export-member take it: relu,0,0.002."""
     return ",".join(_text(member[s.name]) for s in members_of())
-
-
-def member_folder(member: Mapping[str, Any]) -> str:
-    """A member's folder (its TensorBoard run, its evaluation): relu-seed0-lr0.002."""
-    return "-".join(f"{s.tag}{_text(member[s.name])}" for s in members_of())
 
 
 def parse_member_label(text: str) -> dict[str, Any]:

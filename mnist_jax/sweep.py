@@ -88,7 +88,7 @@ def sweep(values: Mapping[str, Any]) -> dict:
             events.mark_finished(layout.root, trainer.board_runs())
             environment["wall_seconds"] = None
         print(results.write_results(layout, fitted.rows, environment=environment,
-                                    title=results.recipe_title(config)))
+                                    title=results.recipe_title(config, members)))
     print(f"results in {layout.root} (results.md, results.json, plots; TensorBoard: tensorboard --logdir "
           f"{layout.root})")
     return records.read_json(layout.results_json)

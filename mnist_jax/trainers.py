@@ -131,4 +131,5 @@ class Population:
         return text + f"  diverged {len(members) - len(sound)}/{len(members)}"
 
     def board_runs(self) -> list[tuple[str, dict]]:
-        return [(settings.member_folder(m), settings.hparams(self.config, m)) for m in self.members]
+        return [(folder, settings.hparams(self.config, m))
+                for folder, m in zip(settings.member_folders(self.members), self.members)]

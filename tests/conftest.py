@@ -67,13 +67,15 @@ def make_config(model="mlp", train_size=2048, **overrides) -> engine.Config:
     return settings.config({"model": model, **overrides}, train_size, **fields)
 
 
-def member(activation="relu", seed=0, lr=1e-3) -> dict:
-    return {"activation": activation, "seed": seed, "lr": lr}
+def member(activation="relu", seed=0, lr=1e-3, optimizer="adamw", **others) -> dict:
+    """A member's settings: these, and the defaults of `optimizer` for the others (weight decay, b1, ...)."""
+    values = {"activation": activation, "seed": seed, "lr": lr, "optimizer": optimizer, **others}
+    return settings.member(values, settings.config(values, 256))
 
 
-def make_hyper(activation="relu", lr=1e-3, seed=0) -> engine.Hyper:
+def make_hyper(activation="relu", lr=1e-3, seed=0, **others) -> engine.Hyper:
     """One member's hyperparameters as the engine takes them."""
-    return settings.hyper(member(activation, seed, lr))
+    return settings.hyper(member(activation, seed, lr, **others))
 
 
 def train_epoch(config, state, hyper, x, y):

@@ -60,7 +60,7 @@ def test_a_train_run_writes_its_metrics_rows_as_tensorboard_scalars(tmp_path):
     assert len(list(workdir.glob("events.out.tfevents.*"))) == 1 and not (workdir / "tb").exists()
     assert_matches(read_scalars(run_dir), rows(workdir))
     assert hparams_of(run_dir) == {"activation": "relu", "seed": "5", "lr": 0.003, "model": "mlp",
-                                   "optimizer": "adamw", "schedule": "warmup-cosine", "weight_decay": 0.2,
+                                   "optimizer": "adamw", "schedule": "warmup-cosine", "weight_decay": 0.2, "b1": 0.9, "label_smoothing": 0.0,
                                    "batch_size": "64", "epochs": "2", "hidden": "32", "dtype": "float32"}
 
 

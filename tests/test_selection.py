@@ -12,6 +12,7 @@ from mnist_jax.loop import fit
 from mnist_jax.workdir import Layout, load_run, selection_of
 
 from conftest import SMALL, make_config, make_hyper, one_line_error, run_cli
+from conftest import member as member_settings
 
 
 def test_the_validation_split_is_disjoint_fixed_and_of_the_asked_size():
@@ -58,7 +59,7 @@ class ScriptedTrainer:
 
     def __init__(self, scripted):
         self.config = make_config("mlp", hidden=(8,), batch_size=32, epochs=3, train_size=64)
-        self.member = {"activation": "relu", "seed": 0, "lr": 1e-3}
+        self.member = member_settings("relu", 0, 1e-3)
         self.hyper, self.scripted = make_hyper("relu", 1e-3, 0), scripted
 
     def init(self):
@@ -85,7 +86,7 @@ class ScriptedTrainer:
         return str(row)
 
     def board_runs(self):
-        return [(settings.member_folder(self.member), settings.hparams(self.config, self.member))]
+        return [(settings.member_folders([self.member])[0], settings.hparams(self.config, self.member))]
 
 
 def test_the_best_checkpoint_follows_validation_not_test(tmp_path):
@@ -222,8 +223,8 @@ def test_sgd_with_a_constant_schedule_learns_and_is_recorded(tmp_path):
                    "--workdir", workdir) == 0
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["hyperparameters"] == {
-        "learning_rate": 0.05, "optimizer": "sgd", "schedule": "constant", "weight_decay": 0.0, "batch_size": 64,
-        "epochs": 2, "hidden": [32], "dtype": "float32"}
+        "learning_rate": 0.05, "optimizer": "sgd", "schedule": "constant", "weight_decay": 0.0, "b1": 0.9,
+        "label_smoothing": 0.0, "batch_size": 64, "epochs": 2, "hidden": [32], "dtype": "float32"}
     assert summary["val_accuracy"] > 0.7
     assert json.loads((workdir / "run.json").read_text())["config"]["optimizer"] == "sgd"
 
@@ -237,11 +238,13 @@ def test_a_constant_schedule_keeps_the_peak_learning_rate_and_warmup_cosine_does
     assert first == 0.0 and peak == pytest.approx(1.0) and last < 0.05
 
 
-def test_each_optimizer_has_its_own_default_weight_decay_and_a_given_one_wins():
-    assert make_config(optimizer="adamw").weight_decay == engine.OPTIMIZERS["adamw"].weight_decay == 0.2
-    assert make_config(optimizer="sgd").weight_decay == engine.OPTIMIZERS["sgd"].weight_decay == 0.0
-    assert make_config(optimizer="sgd", weight_decay=1e-4).weight_decay == 1e-4
-    assert make_config(optimizer="adamw", weight_decay=0.0).weight_decay == 0.0  # a given zero is no default
+def test_each_optimizer_has_its_own_default_weight_decay_and_b1_and_a_given_one_wins():
+    assert member_settings(optimizer="adamw")["weight_decay"] == engine.OPTIMIZERS["adamw"].weight_decay == 0.2
+    assert member_settings(optimizer="sgd")["weight_decay"] == engine.OPTIMIZERS["sgd"].weight_decay == 0.0
+    assert member_settings(optimizer="sgd", weight_decay=1e-4)["weight_decay"] == 1e-4
+    assert member_settings(optimizer="adamw", weight_decay=0.0)["weight_decay"] == 0.0  # a given zero is no default
+    assert member_settings(optimizer="sgd")["b1"] == engine.OPTIMIZERS["sgd"].b1 == 0.9
+    assert member_settings(optimizer="adamw", b1=0.5)["b1"] == 0.5
 
 
 def test_convergence_is_compared_at_the_selected_lrs_over_the_seeds_where_both_reached_the_threshold():

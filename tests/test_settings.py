@@ -24,7 +24,7 @@ def other_value(s: settings.Setting):
         return not current
     if isinstance(current, tuple):
         return (32,)
-    if s.parse in (settings.positive_float, settings.non_negative_float):
+    if s.parse in (settings.positive_float, settings.non_negative_float, settings.fraction):
         return 0.0123
     if s.parse is settings.path:
         return data.bundled_dir()  # another folder holding the same images
@@ -111,9 +111,8 @@ def test_a_sweep_is_the_product_of_its_member_lists_in_declaration_order():
     values = cli.from_keywords("sweep", {"activations": ["relu", "elu"], "seeds": 2, "lrs": "0.001,0.01"})
     members = settings.sweep_members(values, settings.config(values, 256))
     assert [settings.member_label(m) for m in members] == [
-        "relu,0,0.001", "relu,0,0.01", "relu,1,0.001", "relu,1,0.01",
-        "elu,0,0.001", "elu,0,0.01", "elu,1,0.001", "elu,1,0.01"]
-    assert settings.member_folder(members[1]) == "relu-seed0-lr0.01"
+        f"{a},{seed},{lr},0.2,0.9,0" for a in ("relu", "elu") for seed in (0, 1) for lr in (0.001, 0.01)]
+    assert settings.member_folders(members)[1] == "relu-seed0-lr0.01"  # what all members share is not named
     assert settings.parse_member_label("relu,1") == {"activation": "relu", "seed": 1}
 
 

@@ -134,7 +134,8 @@ def test_an_exported_member_is_a_single_run_workdir_that_train_accepts(finished_
     exported = load_run(out)
     chex.assert_trees_all_equal(exported.state, load_member(finished_sweep, "relu,0")[0].state)
     assert exported.step == 3 and int(exported.state.epoch) == 3
-    assert exported.member == {"activation": "relu", "seed": 0, "lr": 0.002}
+    assert exported.member == {"activation": "relu", "seed": 0, "lr": 0.002, "weight_decay": 0.2, "b1": 0.9,
+                               "label_smoothing": 0.0}
     capsys.readouterr()
     assert run_cli(train.main, *SMALL, "--epochs", "3", "--lr", "0.002", "--seed", "0", "--workdir", out) == 0
     assert "already holds a finished run" in capsys.readouterr().out
