@@ -61,7 +61,9 @@ class Board:
     def write(self, row: Mapping[str, Any]) -> None:
         """One epoch's metrics row (a sweep's: one run per member)."""
         rows = [metrics.member_row(row, i) for i in range(len(row["members"]))] if "members" in row else [row]
-        for writer, member_row in zip(self._writers, rows):
+        for writer, member_row, entry in zip(self._writers, rows, row.get("members", [row])):
+            if metrics.PRUNED in entry and entry[metrics.PRUNED] < row["epoch"]:
+                continue  # a member that no longer trains: its curve ends where it stopped
             values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars(member_row).items()]
             _write(writer, Summary(value=values), step=row["epoch"])
             writer.flush()

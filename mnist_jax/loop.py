@@ -89,8 +89,13 @@ def pieces(steps: int, members: int, member_steps: int, start: int = 0) -> list[
     return [(max(first, start), end - max(first, start)) for first, end in zip(bounds, bounds[1:]) if end > start]
 
 
-def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
+def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict, scheduler: Any = None) -> Fitted:
     """Trains `trainer` from its latest checkpoint in `layout` to `epochs`, one metrics row per epoch.
+
+    A `scheduler` (mnist_jax.schedulers) acts on a population after each epoch's row: `after_epoch(epoch, row,
+    previous row, state) -> (state, reshaped)` may change the row's entries, the state and which members train
+    (`reshaped`: the pieces are compiled again); its `record()` is saved with each checkpoint and given back to its
+    `restore(record)` on resume.
 
     Every process of a multi-process run calls this; process 0 alone writes metrics.jsonl and TensorBoard events and
     draws the progress bar (the others' rows hold only the epochs they trained).
@@ -98,7 +103,9 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
     manager = checkpoint.open_manager(layout.checkpoints, clean=True)  # drops what a lost save left
     board = None
     try:
-        start, state, rows = _resume(layout, manager, trainer)
+        start, state, rows, saved = _resume(layout, manager, trainer)
+        if scheduler is not None and "schedule" in saved:
+            scheduler.restore(saved["schedule"])
         if start >= epochs:
             return Fitted(state, rows, True)
         if distributed.is_primary():  # drops damaged rows and those of epochs whose checkpoint was lost
@@ -117,9 +124,13 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
                 jax.block_until_ready(state)
                 seconds = time.time() - started  # compiling is not in it: the compile line gives its time
                 row = _row(trainer, epoch, sums, state, seconds)
+                reshaped = False
+                if scheduler is not None:
+                    state, reshaped = scheduler.after_epoch(epoch, row, rows[-1] if rows else None, state)
                 rows.append(row)
                 with progress.closed_on_error():
-                    _save_epoch(manager, layout, board, epoch, state, row, meta)
+                    _save_epoch(manager, layout, board, epoch, state, row,
+                                meta if scheduler is None else {**meta, "schedule": scheduler.record()})
                 if distributed.is_primary() and layout.interrupted.exists():  # that epoch is whole now
                     shutil.rmtree(layout.interrupted, ignore_errors=True)
                 progress.write(trainer.describe(row))
@@ -127,6 +138,8 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
                     progress.close()
                     raise Interrupted(f"interrupted after epoch {epoch}, which is saved: run the same command to "
                                       "resume")
+                if reshaped and epoch < epochs:  # fewer members train from here on: their own programs
+                    order, programs = _compile(trainer, state, plan())
         manager.wait_until_finished()
         if board is not None:
             _writing_events(layout, board.finish)
@@ -137,12 +150,13 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict) -> Fitted:
     return Fitted(state, rows, False)
 
 
-def _resume(layout: Layout, manager, trainer: Trainer) -> tuple[int, Any, list[dict]]:
-    """(epochs done, state, their metrics rows on process 0) from the latest checkpoint, or a fresh start."""
+def _resume(layout: Layout, manager, trainer: Trainer) -> tuple[int, Any, list[dict], dict]:
+    """(epochs done, state, their metrics rows on process 0, what was saved with the state) from the latest
+    checkpoint, or a fresh start."""
     start = manager.latest_step() or 0
-    state = checkpoint.restore(manager, start, trainer.abstract())[0] if start else trainer.init()
+    state, saved = checkpoint.restore(manager, start, trainer.abstract()) if start else (trainer.init(), {})
     rows = read_metrics(layout.metrics, start) if distributed.is_primary() else []
-    return start, state, rows
+    return start, state, rows, saved
 
 
 def _resume_place(layout: Layout, trainer: Trainer, start: int, epochs: int, state) -> tuple[Any, dict | None]:

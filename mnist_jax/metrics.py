@@ -17,6 +17,9 @@ from mnist_jax.records import strict
 SPLITS = ("train", "val", "test")  # train: as trained, over the epoch's batches; val: selects; test: reported only
 METRICS = ("loss", "accuracy")
 SELECTION = "val_accuracy"  # what chooses the best checkpoint, learning rates and epochs to a threshold
+# Entries of a sweep row that a scheduler adds (mnist_jax.schedulers):
+PRUNED = "pruned_after"  # halving: the member stopped after that epoch; its entry repeats its last epoch's numbers
+PARENT = "parent"  # PBT, at each interval: the member (its index) whose state this one continues from
 
 
 def columns(by_split: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

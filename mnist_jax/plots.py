@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from mnist_jax.metrics import SELECTION, SPLITS
+from mnist_jax.metrics import PRUNED, SELECTION, SPLITS
 
 matplotlib.use("Agg")  # file-only: every figure here is written to PNG, none shown
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -47,40 +47,38 @@ def diverged_points(final: list[dict]) -> list[tuple[str, float, float]]:
 
 
 def sweep_curves(learning_curves: Path, validation_vs_lr: Path, rows: list[dict],
-                 selection: list[dict] | None = None, title: str = "") -> dict[str, str]:
-    """A sweep's learning curves (validation or, without it, test accuracy and train loss against epoch, at the
-    selected lrs or else at every lr) and, with a validation split, final validation accuracy against lr, its
-    diverged members marked x. `title` (the model and recipe) heads both figures; returns each written file's name
-    and its title."""
-    first = rows[0]["members"]
-    has_val = SELECTION in first[0]
-    groups = [(s["activation"], s["lr"]) for s in selection] if selection else \
-        list(dict.fromkeys((m["activation"], m["lr"]) for m in first))
+                 groups: list[tuple[str, list[int]]], title: str = "", selected: bool = True) -> dict[str, str]:
+    """A sweep's learning curves (validation or, without it, test accuracy and train loss against epoch) of each
+    group of members (label, indices: the selected cells, or every cell) and, with a validation split, final
+    validation accuracy against lr, its diverged members marked x. `title` (the model and recipe) heads both
+    figures; returns each written file's name and its title."""
+    has_val = SELECTION in rows[0]["members"][0]
     accuracy = SELECTION if has_val else "test_accuracy"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    epochs = [row["epoch"] for row in rows]
-    for activation, lr in groups:
-        idx = [i for i, m in enumerate(first) if (m["activation"], m["lr"]) == (activation, lr)]
+    for label, idx in groups:
         for ax, metric in zip(axes, (accuracy, "train_loss")):
-            _band(ax, epochs, np.array([[row["members"][i][metric] for i in idx] for row in rows], dtype=float),
-                  f"{activation}, lr {lr:g}")
+            # a member that stopped training (successive halving) ends its curve where it stopped
+            trained = [row for row in rows if all(row["members"][i].get(PRUNED, row["epoch"]) >= row["epoch"]
+                                                  for i in idx)]
+            _band(ax, [row["epoch"] for row in trained],
+                  np.array([[row["members"][i][metric] for i in idx] for row in trained], dtype=float), label)
     for ax, metric in zip(axes, (accuracy, "train_loss")):
         ax.set(xlabel="epoch", ylabel=metric.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[1].set_yscale("log")
     prefix = f"{title}\n" if title else ""
-    titles = {learning_curves.name: prefix + ("at the selected learning rates (mean over seeds, band min..max)"
-                                              if selection else "every learning rate (mean over seeds, band min..max)")}
+    titles = {learning_curves.name: prefix + ("at the selected cells (mean over seeds, band min..max)"
+                                              if selected else "every cell (mean over seeds, band min..max)")}
     fig.suptitle(titles[learning_curves.name], fontsize=10)
     fig.tight_layout()
     fig.savefig(learning_curves, dpi=110)
     plt.close(fig)
     if has_val:
         final = rows[-1]["members"]
-        lrs = sorted(dict.fromkeys(m["lr"] for m in final))
         fig, ax = plt.subplots(figsize=(6, 4))
         for activation in dict.fromkeys(m["activation"] for m in final):
+            lrs = sorted(dict.fromkeys(m["lr"] for m in final if m["activation"] == activation))
             values = [[m[SELECTION] for m in final if (m["activation"], m["lr"]) == (activation, lr)] for lr in lrs]
             width = max(map(len, values))
             _band(ax, lrs, np.array([v + [np.nan] * (width - len(v)) for v in values], dtype=float), activation)
@@ -98,6 +96,30 @@ def sweep_curves(learning_curves: Path, validation_vs_lr: Path, rows: list[dict]
         fig.savefig(validation_vs_lr, dpi=110)
         plt.close(fig)
     return titles
+
+
+def lineages(path: Path, rows: list[dict], names: list[str], title: str = "") -> dict[str, str]:
+    """Population-based training: each member's hyperparameters over the epochs, one panel per hyperparameter,
+    a line per member coloured by activation. Returns the file's name and its title."""
+    activations = list(dict.fromkeys(m["activation"] for m in rows[0]["members"]))
+    colours = dict(zip(activations, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 4), squeeze=False)
+    epochs = [row["epoch"] for row in rows]
+    for ax, name in zip(axes[0], names):
+        for i, m in enumerate(rows[0]["members"]):
+            ax.plot(epochs, [row["members"][i][name] for row in rows], color=colours[m["activation"]], alpha=0.5,
+                    lw=1, label=m["activation"] if i == [n["activation"] for n in rows[0]["members"]].index(
+                        m["activation"]) else None)
+        ax.set(xlabel="epoch (hyperparameters the epoch trained with)", ylabel=name.replace("_", " "),
+               yscale="log" if name in ("lr", "weight_decay") else "linear")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    heading = (f"{title}\n" if title else "") + "population-based training: each member's hyperparameters"
+    fig.suptitle(heading, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {path.name: heading}
 
 
 def confusion_matrix(matrix, path: Path, title: str) -> None:

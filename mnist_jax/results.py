@@ -14,8 +14,8 @@ import numpy as np
 
 from scipy import stats
 
-from mnist_jax import plots, records
-from mnist_jax.metrics import SELECTION, metric_columns
+from mnist_jax import plots, records, settings
+from mnist_jax.metrics import PARENT, PRUNED, SELECTION, metric_columns, plural
 from mnist_jax.workdir import Layout
 
 THRESHOLDS = (0.99, 0.98)  # epochs to reach these validation accuracies measure convergence
@@ -28,21 +28,30 @@ def _pct(threshold: float) -> int:
     return round(threshold * 100)
 
 
-def member_results(rows: list[dict]) -> list[dict]:
-    """One entry per member: final metrics, divergence, stalling, first epoch at each validation accuracy
-    threshold. Stalling is judged on validation accuracy, or on test accuracy where there is no validation split."""
+def member_results(rows: list[dict], started_as: list[dict] | None = None) -> list[dict]:
+    """One entry per member: the hyperparameters it started with (`started_as`, else those of its last row), final
+    metrics (those of its last trained epoch), epochs trained, divergence, stalling, first epoch at each validation
+    accuracy threshold, and under PBT its `history`: one entry per interval, {"epoch", "parent" (the member whose
+    state it continued from), its hyperparameters from then on}. Stalling is judged on validation accuracy, or on
+    test accuracy where there is no validation split."""
     out = []
+    names = [s.name for s in settings.members_of()]
     for i, final in enumerate(rows[-1]["members"]):
         history = [row["members"][i] for row in rows]
         diverged_at = next((row["epoch"] for row, m in zip(rows, history) if m["diverged"]), None)
         accuracy = final.get(SELECTION, final["test_accuracy"])
-        entry = {"activation": final["activation"], "seed": final["seed"], "lr": final["lr"],
-                 **metric_columns(final),
+        start = started_as[i] if started_as else final
+        entry = {**{name: start[name] for name in names}, **metric_columns(final),
+                 "epochs_trained": final.get(PRUNED, rows[-1]["epoch"]),
                  "diverged": bool(final["diverged"]), "diverged_epoch": diverged_at,
                  "stalled": not final["diverged"] and accuracy <= STALLED_ACCURACY}
         for threshold in THRESHOLDS:
             entry[f"epoch_to_{_pct(threshold)}"] = next(
                 (row["epoch"] for row, m in zip(rows, history) if m.get(SELECTION, -1) >= threshold), None)
+        lineage = [{"epoch": row["epoch"], "parent": m[PARENT], **{name: after[name] for name in names}}
+                   for row, m, after in zip(rows, history, history[1:]) if PARENT in m]
+        if lineage:
+            entry["history"] = lineage
         out.append(entry)
     return out
 
@@ -54,14 +63,27 @@ def _stats(values: list[float], name: str) -> dict:
             f"min_{name}": float(values.min()), f"max_{name}": float(values.max())}
 
 
+def cell_names(members: list[dict]) -> list[str]:
+    """The member settings but the seed: what a cell is."""
+    return [s.name for s in settings.members_of() if s.name != "seed"]
+
+
+def varying(members: list[dict]) -> list[str]:
+    """The hyperparameters (not activation or seed) that the members' cells differ in: the learning rate always."""
+    return [name for name in cell_names(members) if name != "activation"
+            and (name == "lr" or len({m[name] for m in members}) > 1)]
+
+
 def summarize(members: list[dict]) -> list[dict]:
-    """Per (activation, lr), in grid order: accuracy statistics over seeds, divergences, convergence."""
+    """Per cell (activation and every hyperparameter but the seed), in grid order: accuracy statistics over seeds,
+    epochs trained, divergences, convergence."""
     groups: dict[tuple, list[dict]] = {}
+    names = cell_names(members)
     for m in members:
-        groups.setdefault((m["activation"], m["lr"]), []).append(m)
+        groups.setdefault(tuple(m[name] for name in names), []).append(m)
     summary = []
-    for (activation, lr), group in groups.items():
-        entry = {"activation": activation, "lr": lr, "n": len(group)}
+    for cell, group in groups.items():
+        entry = {**dict(zip(names, cell)), "n": len(group), "epochs_trained": max(m["epochs_trained"] for m in group)}
         for metric in ("val_accuracy", "test_accuracy"):
             if metric in group[0]:
                 entry.update(_stats([m[metric] for m in group], metric))
@@ -77,17 +99,23 @@ def summarize(members: list[dict]) -> list[dict]:
 
 
 def select(summary: list[dict]) -> list[dict]:
-    """Per activation, the lr of highest mean final validation accuracy (a tie goes to the smaller lr).
+    """Per activation, the cell of highest mean final validation accuracy among those trained longest (the
+    survivors of successive halving; every cell otherwise); a tie goes to the smaller lr, then to the cell listed
+    first.
 
     Diverged members count with the accuracy of their frozen parameters. Empty without a validation split.
     """
     if not summary or f"mean_{SELECTION}" not in summary[0]:
         return []
     selection = []
+    names = [name for name in summary[0] if name in settings.BY_NAME and name != "seed"]
     for activation in dict.fromkeys(s["activation"] for s in summary):
         candidates = [s for s in summary if s["activation"] == activation]
-        best = max(candidates, key=lambda s: (s[f"mean_{SELECTION}"], -s["lr"]))
-        selection.append({"activation": activation, "lr": best["lr"], "n": best["n"],
+        longest = max(s["epochs_trained"] for s in candidates)
+        best = max((s for s in candidates if s["epochs_trained"] == longest),
+                   key=lambda s: (s[f"mean_{SELECTION}"], -s["lr"]))
+        selection.append({**{name: best[name] for name in names}, "n": best["n"],
+                          "epochs_trained": best["epochs_trained"],
                           "mean_val_accuracy": best["mean_val_accuracy"],
                           "mean_test_accuracy": best["mean_test_accuracy"],
                           "std_test_accuracy": best["std_test_accuracy"],
@@ -97,23 +125,50 @@ def select(summary: list[dict]) -> list[dict]:
     return selection
 
 
+def select_members(members: list[dict]) -> list[dict]:
+    """PBT's selection: per activation, the member of highest final validation accuracy (a tie goes to the member
+    listed first), with the hyperparameters it ended with."""
+    if not members or SELECTION not in members[0]:
+        return []
+    selection = []
+    for activation in dict.fromkeys(m["activation"] for m in members):
+        index, best = max(((i, m) for i, m in enumerate(members) if m["activation"] == activation),
+                          key=lambda im: (im[1][SELECTION], -im[0]))
+        final = best["history"][-1] if best.get("history") else best
+        selection.append({**{name: final[name] for name in cell_names(members)}, "member": index, "n": 1,
+                          "epochs_trained": best["epochs_trained"], "mean_val_accuracy": best[SELECTION],
+                          "mean_test_accuracy": best["test_accuracy"], "std_test_accuracy": 0.0,
+                          **{k: v for t in sorted(THRESHOLDS) for k, v in (
+                              (f"mean_epoch_to_{_pct(t)}", best[f"epoch_to_{_pct(t)}"]),
+                              (f"n_reached_{_pct(t)}", int(best[f"epoch_to_{_pct(t)}"] is not None)))},
+                          "mean_train_loss": best["train_loss"], "n_diverged": int(best["diverged"]),
+                          "n_stalled": int(best["stalled"])})
+    return selection
+
+
 # What the activations are compared on: the final test accuracy, and (measured on validation) how soon they converge.
 COMPARED = {"test_accuracy": "final test accuracy",
             **{f"epoch_to_{_pct(t)}": f"epochs to {_pct(t)}% validation accuracy" for t in sorted(THRESHOLDS)}}
 
 
-def paired_differences(members: list[dict], lr_of: dict[str, float], metric: str = "test_accuracy") -> list[dict]:
-    """Each pair of activations, each at its lr in `lr_of`: the mean difference of `metric` over the seeds both
-    have (for epochs to a threshold, the seeds where both reached it), with a 95% t interval. Diverged members count
-    as they ended."""
-    by_key = {(m["activation"], m["lr"], m["seed"]): m for m in members}
+def paired_differences(members: list[dict], cell_of: dict[str, dict], metric: str = "test_accuracy") -> list[dict]:
+    """Each pair of activations, each at its cell in `cell_of` ({activation: {hyperparameter: value}}): the mean
+    difference of `metric` over the seeds both have (for epochs to a threshold, the seeds where both reached it),
+    with a 95% t interval. Diverged members count as they ended."""
+    names = cell_names(members)
+    key = lambda m: tuple(m[name] for name in names)  # noqa: E731
+    by_seed = {(key(m), m["seed"]): m for m in members}
+    wanted = {a: tuple({**cell, "activation": a}[name] for name in names) for a, cell in cell_of.items()}
+    shown = varying(members)
     out = []
-    for a, b in itertools.combinations(lr_of, 2):
-        pairs = [(by_key[(a, lr_of[a], s)][metric], by_key[(b, lr_of[b], s)][metric])
-                 for (act, lr, s) in by_key if act == a and lr == lr_of[a] and (b, lr_of[b], s) in by_key]
+    for a, b in itertools.combinations(cell_of, 2):
+        pairs = [(m[metric], by_seed[(wanted[b], m["seed"])][metric]) for m in members
+                 if key(m) == wanted[a] and (wanted[b], m["seed"]) in by_seed]
         d = np.array([x - y for x, y in pairs if x is not None and y is not None], dtype=float)
-        entry = {"metric": metric, "a": a, "lr_a": lr_of[a], "b": b, "lr_b": lr_of[b], "n": len(d),
-                 "mean_difference": float(d.mean()) if len(d) else None, "ci95_low": None, "ci95_high": None}
+        entry = {"metric": metric, "a": a, "lr_a": cell_of[a]["lr"], "b": b, "lr_b": cell_of[b]["lr"],
+                 "cell_a": {n: cell_of[a][n] for n in shown}, "cell_b": {n: cell_of[b][n] for n in shown},
+                 "n": len(d), "mean_difference": float(d.mean()) if len(d) else None, "ci95_low": None,
+                 "ci95_high": None}
         if len(d) > 1:
             half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
             entry.update(ci95_low=float(d.mean() - half), ci95_high=float(d.mean() + half))
@@ -148,14 +203,23 @@ def verdict(p: dict, spread: float) -> str:
 
 
 def comparisons(members: list[dict], selection: list[dict]) -> list[dict]:
-    """Paired differences at the selected lrs (test accuracy and epochs to each threshold); without a selection, of
-    test accuracy at each lr the activations share."""
+    """Paired differences at the selected cells (test accuracy and epochs to each threshold); without a selection,
+    of test accuracy at each cell the activations share."""
+    names = [name for name in cell_names(members) if name != "activation"]
     if selection:
-        lr_of = {s["activation"]: s["lr"] for s in selection}
-        return [p for metric in COMPARED for p in paired_differences(members, lr_of, metric)]
+        cell_of = {s["activation"]: {name: s[name] for name in names} for s in selection}
+        return [p for metric in COMPARED for p in paired_differences(members, cell_of, metric)]
     activations = list(dict.fromkeys(m["activation"] for m in members))
-    return [p for lr in dict.fromkeys(m["lr"] for m in members)
-            for p in paired_differences(members, {a: lr for a in activations})]
+    cells = list(dict.fromkeys(tuple(m[name] for name in names) for m in members))
+    return [p for cell in cells for p in paired_differences(members, {a: dict(zip(names, cell)) for a in activations})]
+
+
+def cell_text(cell: dict) -> str:
+    """A cell's hyperparameters in a few words: lr 0.001, wd 0.01."""
+    return ", ".join(f"{SHORT.get(name, name)} {value:g}" for name, value in cell.items())
+
+
+SHORT = {"weight_decay": "wd", "label_smoothing": "ls"}
 
 
 def _amount(value: float, metric: str) -> str:
@@ -184,47 +248,136 @@ def _reach(s: dict, threshold: float) -> str:
     return "never" if mean is None else f"{mean:.1f} ({s[f'n_reached_{pct}']}/{s['n']})"
 
 
-def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], members: list[dict]) -> str:
-    n_seeds = max(s["n"] for s in summary)
-    if selection:
-        lines = [f"Final validation accuracy, mean ± std over {n_seeds} seeds; in bold the learning rate each "
-                 "activation selects (highest mean; a tie goes to the smaller lr):", "",
-                 *_grid(summary, SELECTION, {(s["activation"], s["lr"]) for s in selection}), "",
-                 "Each activation at its selected learning rate (epochs to a threshold: first epoch whose "
-                 "validation accuracy reached it, mean over the seeds that did):", "",
-                 "| activation | lr | n | val accuracy | test accuracy (mean ± std) | "
-                 + "".join(f"epochs to {_pct(t)}% | " for t in sorted(THRESHOLDS)) + "final train loss | diverged |",
-                 "| --- | --- | --- | --- | --- | " + "--- | " * len(THRESHOLDS) + "--- | --- |"]
-        for s in selection:
-            lines.append(f"| {s['activation']} | {s['lr']:g} | {s['n']} | {s['mean_val_accuracy']:.2%} | "
-                         f"{s['mean_test_accuracy']:.2%} ± {s['std_test_accuracy']:.2%} | "
-                         + "".join(f"{_reach(s, t)} | " for t in sorted(THRESHOLDS))
-                         + f"{s['mean_train_loss']:.4f} | {s['n_diverged']} |")
-        lines += ["", "Paired differences, each activation at its selected learning rate (same seeds; for epochs, "
-                  "the seeds where both reached the threshold), with 95% t confidence intervals:", ""]
-    else:
-        lines = ["No validation split: nothing is selected. Final test accuracy, mean ± std over "
-                 f"{n_seeds} seeds:", "", *_grid(summary, "test_accuracy", set()), "",
-                 "Paired differences of final test accuracy at each learning rate (same seeds), with 95% t "
-                 "confidence intervals:", ""]
-    lines += ["| compared | a − b | n | mean difference | 95% CI | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+def _cells_table(summary: list[dict], shown: list[str], selected: set[tuple]) -> list[str]:
+    """Every cell, grouped by activation, best first: its hyperparameters and final validation accuracy."""
+    lines = ["| activation | " + "".join(f"{SHORT.get(n, n)} | " for n in shown) + "n | epochs trained | "
+             "val accuracy (mean ± std) |", "| --- | " + "--- | " * len(shown) + "--- | --- | --- |"]
+    ordered = sorted(summary, key=lambda s: (list(dict.fromkeys(x["activation"] for x in summary)).index(
+        s["activation"]), -s["epochs_trained"], -s[f"mean_{SELECTION}"]))
+    for s in ordered:
+        text = f"{s[f'mean_{SELECTION}']:.2%} ± {s[f'std_{SELECTION}']:.2%}"
+        key = (s["activation"], *(s[n] for n in shown))
+        lines.append(f"| {s['activation']} | " + "".join(f"{s[n]:g} | " for n in shown) +
+                     f"{s['n']} | {s['epochs_trained']} | " + (f"**{text}**" if key in selected else text) + " |")
+    return lines
+
+
+def _selection_table(selection: list[dict], shown: list[str]) -> list[str]:
+    lines = ["| activation | " + "".join(f"{SHORT.get(n, n)} | " for n in shown) + "n | val accuracy | "
+             "test accuracy (mean ± std) | " + "".join(f"epochs to {_pct(t)}% | " for t in sorted(THRESHOLDS))
+             + "final train loss | diverged |",
+             "| --- | " + "--- | " * len(shown) + "--- | --- | --- | " + "--- | " * len(THRESHOLDS) + "--- | --- |"]
+    for s in selection:
+        lines.append(f"| {s['activation']} | " + "".join(f"{s[n]:g} | " for n in shown) +
+                     f"{s['n']} | {s['mean_val_accuracy']:.2%} | "
+                     + (f"{s['mean_test_accuracy']:.2%} ± {s['std_test_accuracy']:.2%} | " if s["n"] > 1 else
+                        f"{s['mean_test_accuracy']:.2%} | ")
+                     + "".join(f"{_reach(s, t)} | " for t in sorted(THRESHOLDS))
+                     + f"{s['mean_train_loss']:.4f} | {s['n_diverged']} |")
+    return lines
+
+
+def _pairs_table(pairs: list[dict]) -> list[str]:
+    lines = ["| compared | a − b | n | mean difference | 95% CI | verdict |", "| --- | --- | --- | --- | --- | --- |"]
     for p in pairs:
         mean = "–" if p["mean_difference"] is None else _amount(p["mean_difference"], p["metric"])
         ci = "–" if p["ci95_low"] is None else \
             f"[{_amount(p['ci95_low'], p['metric'])}, {_amount(p['ci95_high'], p['metric'])}]"
-        lines.append(f"| {COMPARED[p['metric']]} | {p['a']} (lr {p['lr_a']:g}) − {p['b']} (lr {p['lr_b']:g}) | "
-                     f"{p['n']} | {mean} | {ci} | {p['verdict']} |")
-    lines += ["", RULE]
+        lines.append(f"| {COMPARED[p['metric']]} | {p['a']} ({cell_text(p['cell_a'])}) − {p['b']} "
+                     f"({cell_text(p['cell_b'])}) | {p['n']} | {mean} | {ci} | {p['verdict']} |")
+    return lines
+
+
+def _rungs(members: list[dict], rungs: list[int]) -> list[str]:
+    """How many cells of each activation trained past each rung."""
+    names = cell_names(members)
+    activations = list(dict.fromkeys(m["activation"] for m in members))
+    lines = ["| after epoch | " + " | ".join(activations) + " |", "| --- |" + " --- |" * len(activations)]
+    for rung in [0, *rungs]:
+        going = [len({tuple(m[n] for n in names) for m in members
+                      if m["activation"] == a and m["epochs_trained"] > rung}) for a in activations]
+        lines.append(f"| {rung} | " + " | ".join(f"{plural(g, 'cell')} go on" for g in going) + " |")
+    return lines
+
+
+def _lineage(member: dict, index: int, shown: list[str]) -> str:
+    steps = [f"epoch {h['epoch']}: " + ("kept its own" if h["parent"] == index else f"took member {h['parent']}'s")
+             + " (" + ", ".join(f"{SHORT.get(n, n)} {h[n]:g}" for n in shown) + ")" for h in member.get("history", [])]
+    return "; ".join(steps) or "no interval"
+
+
+def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], members: list[dict],
+             strategy: dict | None = None, spent: tuple[int, int] | None = None) -> str:
+    """results.md. `strategy` is results.json's (sampler and scheduler), `spent` (member-epochs trained, those of
+    training every member to the end)."""
+    strategy = strategy or {"sampler": "grid", "scheduler": "none"}
+    n_seeds = max(s["n"] for s in summary)
+    shown = varying(members)
+    lines = []
+    if strategy["scheduler"] != "none" or strategy["sampler"] != "grid":
+        lines += [f"Search: {strategy['sampler']}" + (f", {strategy['samples']} samples" if strategy.get("samples")
+                                                      else "") + f"; scheduler: {strategy['scheduler']}"
+                  + "".join(f", {k} {v}" for k, v in strategy.items()
+                            if k not in ("sampler", "samples", "scheduler", "space")) + ".", ""]
+    if strategy["scheduler"] == "pbt" and selection:
+        lines += ["Population-based training: each activation's best member by final validation accuracy, with the "
+                  "hyperparameters it ended with (its test accuracy is reported, never chosen on):", "",
+                  *_selection_table(selection, shown), "",
+                  "Lineage of each selected member (at each interval: whose state it continued from, and its "
+                  "hyperparameters from then on):", ""]
+        lines += [f"- {s['activation']}, member {s['member']} (started as {settings.member_label(members[s['member']])}"
+                  f"): {_lineage(members[s['member']], s['member'], shown)}" for s in selection]
+        lines += ["", "PBT's members swap states, so members of two activations are no longer paired by seed: no "
+                  "paired comparison is made."]
+    elif selection:
+        if shown == ["lr"] and strategy["scheduler"] == "none":
+            lines += [f"Final validation accuracy, mean ± std over {n_seeds} seeds; in bold the learning rate each "
+                      "activation selects (highest mean; a tie goes to the smaller lr):", "",
+                      *_grid(summary, SELECTION, {(s["activation"], s["lr"]) for s in selection}), ""]
+        else:
+            lines += [f"Every cell's final validation accuracy (at the last epoch it trained), mean ± std over "
+                      f"{n_seeds} seeds; in bold the cell each activation selects (highest mean among those trained "
+                      "longest):", "",
+                      *_cells_table(summary, shown, {(s["activation"], *(s[n] for n in shown)) for s in selection}),
+                      ""]
+        what = "learning rate" if shown == ["lr"] else "cell"
+        lines += [f"Each activation at its selected {what} (epochs to a threshold: first epoch whose validation "
+                  "accuracy reached it, mean over the seeds that did):", "", *_selection_table(selection, shown), "",
+                  f"Paired differences, each activation at its selected {what} (same seeds; for epochs, the seeds "
+                  "where both reached the threshold), with 95% t confidence intervals:", "", *_pairs_table(pairs),
+                  "", RULE]
+    else:
+        lines += ["No validation split: nothing is selected. Final test accuracy, mean ± std over "
+                  f"{n_seeds} seeds:", "", *_grid(summary, "test_accuracy", set()), "",
+                  "Paired differences of final test accuracy at each learning rate (same seeds), with 95% t "
+                  "confidence intervals:", "", *_pairs_table(pairs), "", RULE]
+    if strategy["scheduler"] == "halving":
+        lines += ["", "Successive halving: cells of each activation still training after each rung:", "",
+                  *_rungs(members, strategy["rungs"])]
+    if spent and spent[0] != spent[1]:
+        lines += ["", f"Compute: {spent[0]} member-epochs trained, {spent[0] / spent[1]:.0%} of the {spent[1]} that "
+                  "training every member to the end would have taken."]
     diverged = [m for m in members if m["diverged"]]
     if diverged:
         lines += ["", "Diverged (counted with the accuracy of their frozen parameters): " + ", ".join(
-            f"{m['activation']} seed {m['seed']} lr {m['lr']:g} (epoch {m['diverged_epoch']})" for m in diverged)]
+            f"{m['activation']} seed {m['seed']} {cell_text({n: m[n] for n in shown})} (epoch {m['diverged_epoch']})"
+            for m in diverged)]
     stalled = [m for m in members if m["stalled"]]
     if stalled:
         lines += ["", f"Stalled (no blow-up, but at most {STALLED_ACCURACY:.0%} accuracy at the end: dead units or a "
                   "stuck optimizer; counted with that accuracy): " + ", ".join(
-                      f"{m['activation']} seed {m['seed']} lr {m['lr']:g}" for m in stalled)]
+                      f"{m['activation']} seed {m['seed']} {cell_text({n: m[n] for n in shown})}" for m in stalled)]
     return "\n".join(lines) + "\n"
+
+
+def strategy_of(values: dict, space: dict, scheduler) -> dict:
+    """How a sweep searched, as results.json records it: sampler, scheduler and its settings, and the space."""
+    ranged = any(isinstance(v, settings.Range) for v in space.values())
+    return {"sampler": "quasi-random (scrambled Halton)" if ranged else "grid",
+            **({"samples": values["samples"], "search_seed": values["search_seed"]} if ranged else {}),
+            "scheduler": values["scheduler"], **(scheduler.settings() if scheduler else {}),
+            **({"search_seed": values["search_seed"]} if values["scheduler"] == "pbt" else {}),
+            "space": settings.space_record(space)}
 
 
 def recipe_title(config, members: list[dict]) -> str:
@@ -238,19 +391,42 @@ def recipe_title(config, members: list[dict]) -> str:
             + ("" if config.dtype == "float32" else f", {config.dtype}"))
 
 
-def write_results(layout: Layout, rows: list[dict], environment: dict, title: str = "") -> str:
+def write_results(layout: Layout, rows: list[dict], environment: dict, title: str = "", strategy: dict | None = None,
+                  started_as: list[dict] | None = None) -> str:
     """Writes results.md, the plots (headed by `title`: the model and recipe, recipe_title) and results.json;
-    returns the markdown."""
-    members = member_results(rows)
+    returns the markdown. `strategy` (strategy_of) says how the sweep searched, `started_as` its members' first
+    hyperparameters (the run record's)."""
+    strategy = strategy or {"sampler": "grid", "scheduler": "none"}
+    members = member_results(rows, started_as)
     summary = summarize(members)
-    selection = select(summary)
-    pairs = comparisons(members, selection)
-    text = markdown(summary, selection, pairs, members)
+    pbt = strategy["scheduler"] == "pbt"
+    selection = select_members(members) if pbt else select(summary)
+    pairs = [] if pbt else comparisons(members, selection)
+    spent = (sum(m["epochs_trained"] for m in members), len(members) * rows[-1]["epoch"])
+    text = markdown(summary, selection, pairs, members, strategy, spent)
     records.write_text(layout.results_md, text)
-    titles = plots.sweep_curves(layout.learning_curves, layout.validation_vs_lr, rows, selection, title)
+    titles = plots.sweep_curves(layout.learning_curves, layout.validation_vs_lr, rows,
+                                 curve_groups(members, selection, pbt), title, selected=bool(selection))
+    if pbt:
+        titles.update(plots.lineages(layout.lineages, rows, varying(members), title))
     # Last: a results.json says the sweep's end is written whole (sweep.end_written).
     records.write_json(layout.results_json, {
+        "strategy": {k: v for k, v in strategy.items() if k != "space"}, "space": strategy.get("space"),
+        "member_epochs": spent[0], "member_epochs_full": spent[1],
         "members": members, "summary": summary, "selection": selection, "paired_differences": pairs,
         "epochs": rows[-1]["epoch"], "train_seconds": round(sum(row["epoch_seconds"] for row in rows), 1),
         "environment": environment, "plots": titles})
     return text
+
+
+def curve_groups(members: list[dict], selection: list[dict], pbt: bool) -> list[tuple[str, list[int]]]:
+    """(label, member indices) of each learning curve: the selected cells (PBT: members), else every cell."""
+    names = [n for n in cell_names(members) if n != "activation"]
+    shown = varying(members)
+    if pbt:
+        return [(f"{s['activation']}, member {s['member']}", [s["member"]]) for s in selection]
+    cells = [{n: s[n] for n in ["activation", *names]} for s in selection] if selection else \
+        [dict(zip(["activation", *names], c)) for c in dict.fromkeys(
+            tuple(m[n] for n in ["activation", *names]) for m in members)]
+    return [(f"{c['activation']}, {cell_text({n: c[n] for n in shown})}",
+             [i for i, m in enumerate(members) if all(m[n] == c[n] for n in c)]) for c in cells]

@@ -436,16 +436,16 @@ def sweep_members(values: Mapping[str, Any], config: engine.Config) -> list[dict
 
 
 def space_of(values: Mapping[str, Any], members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The searched space as results record it: {setting name: [values] or {"low", "high", "scale"}} for every
-    member setting but the seed."""
-    out = {}
-    for s in members_of():
-        if s.name == "seed":
-            continue
-        given = values.get(s.plural)
-        out[s.name] = ({"low": given.low, "high": given.high, "scale": s.scale} if isinstance(given, Range)
-                       else list(dict.fromkeys(m[s.name] for m in members)))
-    return out
+    """The searched space: {setting name: its Range, or the list of its values} for every member setting but the
+    seed."""
+    return {s.name: values[s.plural] if isinstance(values.get(s.plural), Range)
+            else list(dict.fromkeys(m[s.name] for m in members)) for s in members_of() if s.name != "seed"}
+
+
+def space_record(space: Mapping[str, Any]) -> dict[str, Any]:
+    """A space as results.json records it: a range as {"low", "high", "scale"}, a list as it is."""
+    return {name: {"low": v.low, "high": v.high, "scale": BY_NAME[name].scale} if isinstance(v, Range) else list(v)
+            for name, v in space.items()}
 
 
 def cell_of(member: Mapping[str, Any]) -> tuple:

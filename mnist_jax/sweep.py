@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 
-from mnist_jax import cli, distributed, events, population, records, report, results, settings
+from mnist_jax import cli, distributed, events, population, records, report, results, schedulers, settings
 from mnist_jax.data import summary_of
 from mnist_jax.errors import UserError
 from mnist_jax.export import export_member
@@ -59,12 +59,20 @@ def sweep(values: Mapping[str, Any]) -> dict:
     started = time.time()
     cli.start(values)
     ds, splits, data_record = cli.load_data(values)
+    try:
+        settings.check_search(values)
+        schedulers.check(values, "val" in splits)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     config = settings.config(values, len(splits["train"][1]))
     members = settings.sweep_members(values, config)
+    space = settings.space_of(values, members)
     layout = Layout(values["workdir"] or settings.workdir_name(COMMAND, values))
     chunk = population.default_vmap_chunk() if values["vmap_chunk"] == "auto" else values["vmap_chunk"]
     trainer = Population(config, members, splits, values["shared_order"], chunk)
-    record = sweep_record(config, members, values["shared_order"], data_record)
+    scheduler = schedulers.of(values, trainer, space, config.epochs)
+    record = sweep_record(config, members, {s.name: values[s.name] for s in settings.members_of(settings.SWEEP)
+                                            if s.identity}, data_record)
     with contextlib.ExitStack() as held:  # the workdir's lock lives as long as this launch
         held.enter_context(hold(layout.root))
         prepare_workdir(layout.root, record, values["fresh"])
@@ -72,7 +80,7 @@ def sweep(values: Mapping[str, Any]) -> dict:
               f"{trainer.mesh.size} {jax.default_backend()} device(s) in {jax.process_count()} process(es), "
               f"{plural(config.epochs, 'epoch')}, {'all' if chunk is None else chunk} member(s) side by side")
         fitted = fit(layout, trainer, config.epochs,
-                     meta={"run": record, "stacked_members": len(members) + trainer.padding})
+                     meta={"run": record, "stacked_members": len(members) + trainer.padding}, scheduler=scheduler)
         if not distributed.is_primary():
             return {}
         environment = {**report.environment(), "wall_seconds": round(time.time() - started, 2), "vmap_chunk": chunk,
@@ -87,8 +95,10 @@ def sweep(values: Mapping[str, Any]) -> dict:
             print(f"its results or plots were missing or damaged: rewritten from its records in {layout.root}")
             events.mark_finished(layout.root, trainer.board_runs())
             environment["wall_seconds"] = None
+        strategy = results.strategy_of(values, space, scheduler)
         print(results.write_results(layout, fitted.rows, environment=environment,
-                                    title=results.recipe_title(config, members)))
+                                    title=results.recipe_title(config, members), strategy=strategy,
+                                    started_as=members))
     print(f"results in {layout.root} (results.md, results.json, plots; TensorBoard: tensorboard --logdir "
           f"{layout.root})")
     return records.read_json(layout.results_json)
@@ -96,7 +106,8 @@ def sweep(values: Mapping[str, Any]) -> dict:
 
 def end_written(layout: Layout) -> bool:
     """Whether the end of a finished sweep is on disk whole: its tables and plots, then results.json (written last)."""
-    plots_written = [layout.learning_curves] + ([layout.validation_vs_lr] if layout.validation_vs_lr.exists() else [])
+    plots_written = [layout.learning_curves] + [path for path in (layout.validation_vs_lr, layout.lineages)
+                                                if path.exists()]
     return (isinstance(records.read_json_or_none(layout.results_json), dict) and layout.results_md.is_file()
             and all(records.is_whole_png(path) for path in plots_written))
 

@@ -76,16 +76,19 @@ class Population:
     """A sweep's members, stacked and sharded over every device of every process along the member axis.
 
     The member list is padded to a multiple of the device count by repeating its last member; the padding trains
-    but never shows in a row.
+    but never shows in a row. A scheduler may stop members (`train_only`: the others' states are carried through
+    untouched and cost nothing), give members other hyperparameters (`set_members`) and copy states between them
+    (`take`).
     """
 
     def __init__(self, config: engine.Config, members: Sequence[dict], splits: dict, shared_order: bool,
                  vmap_chunk: int | None):
         self.mesh = population.member_mesh()
-        padded = list(members) + [members[-1]] * (-len(members) % self.mesh.size)
-        self.config, self.members, self.padding = config, list(members), len(padded) - len(members)
+        self.padding = -len(members) % self.mesh.size
+        self.config = config
         self._sharding = NamedSharding(self.mesh, PartitionSpec(population.MEMBER_AXIS))
-        self.hyper = distributed.put(settings.hyper(padded), self._sharding)
+        self.set_members(members)
+        self.started_as = self.members  # the run names and hparams of TensorBoard: a member's first settings
         on_devices = distributed.put(splits, NamedSharding(self.mesh, PartitionSpec()))  # on the devices once
         self._train = on_devices["train"]
         self._held_out = {name: split for name, split in on_devices.items() if name != "train"}
@@ -93,10 +96,35 @@ class Population:
                              out_shardings=self._sharding)
         self._steps = population.train_steps(config, shared_order, vmap_chunk, self.mesh)
         self._evaluate = jax.jit(population.evaluate(config))
+        self._take = jax.jit(population.take, out_shardings=self._sharding)
         self.label = f"sweep {config.model} x{len(members)}"
         self.steps_per_epoch, self.batch_size = config.steps_per_epoch, config.batch_size
         self.piece_member_steps = MODELS[config.model].piece_member_steps
-        self.members_per_device = len(padded) // self.mesh.size
+        self.active = None  # indices of the members that train (padded to the device count); None: all of them
+
+    def set_members(self, members: Sequence[dict]) -> None:
+        """The members' hyperparameters from now on (the padding repeats the last)."""
+        self.members = [dict(m) for m in members]
+        self.hyper = distributed.put(settings.hyper(self.members + [self.members[-1]] * self.padding),
+                                     self._sharding)
+
+    def train_only(self, going: Sequence[bool]) -> None:
+        """From now on only the members marked in `going` train; the others keep their states as they are."""
+        if all(going):
+            self.active = None
+            return
+        active = [i for i, g in enumerate(going) if g]
+        self.active = np.asarray(active + [active[-1]] * (-len(active) % self.mesh.size), np.int32)
+
+    @property
+    def members_per_device(self) -> int:
+        stacked = len(self.members) + self.padding if self.active is None else len(self.active)
+        return stacked // self.mesh.size
+
+    def take(self, state, parents: Sequence[int]):
+        """The state where member i continues from member parents[i]'s parameters and optimizer state."""
+        sources = np.asarray(list(parents) + list(range(len(parents), len(parents) + self.padding)), np.int32)
+        return self._take(state, sources)
 
     def init(self):
         return self._init(self.hyper)
@@ -108,12 +136,22 @@ class Population:
         return population.orders(self.config)(state)
 
     def piece(self, state, order, length: int):
-        compiled = jax.jit(functools.partial(self._steps, steps=length)).lower(
-            state, self.hyper, *self._train, order, np.int32(0)).compile()
-        return lambda state, order, first: compiled(state, self.hyper, *self._train, order, first)
+        steps = functools.partial(self._steps, steps=length)
+        if self.active is None:
+            compiled = jax.jit(steps).lower(state, self.hyper, *self._train, order, np.int32(0)).compile()
+            return lambda state, order, first: compiled(state, self.hyper, *self._train, order, first)
+        active = self.active
+        compiled = jax.jit(functools.partial(population.train_some, steps)).lower(
+            state, self.hyper, *self._train, order, np.int32(0), active).compile()
+        return lambda state, order, first: compiled(state, self.hyper, *self._train, order, first, active)
 
     def evaluate(self, state) -> dict:
-        return self._evaluate(state.params, self.hyper, self._held_out)
+        if self.active is None:
+            return self._evaluate(state.params, self.hyper, self._held_out)
+        some = lambda tree: jax.tree.map(lambda leaf: leaf[self.active], tree)  # noqa: E731
+        found = distributed.to_host(self._evaluate(some(state.params), some(self.hyper), self._held_out))
+        # the members that did not train get zeros here: the scheduler fills in their rows with their last numbers
+        return jax.tree.map(lambda values: _scatter(values, self.active, len(self.members) + self.padding), found)
 
     def learning_rate(self, epoch: int) -> Any:
         return engine.learning_rate(self.config, np.array([m["lr"] for m in self.members]), epoch)
@@ -128,8 +166,15 @@ class Population:
             best, worst = max(sound, key=lambda m: m[metric]), min(sound, key=lambda m: m[metric])
             text += (f"{metric}: best {settings.member_label(best)} {best[metric]:.2%}  "
                      f"worst {settings.member_label(worst)} {worst[metric]:.2%}")
-        return text + f"  diverged {len(members) - len(sound)}/{len(members)}"
+        going = "" if self.active is None else f"  training {len(set(self.active.tolist()))}/{len(members)}"
+        return text + f"  diverged {len(members) - len(sound)}/{len(members)}" + going
 
     def board_runs(self) -> list[tuple[str, dict]]:
         return [(folder, settings.hparams(self.config, m))
-                for folder, m in zip(settings.member_folders(self.members), self.members)]
+                for folder, m in zip(settings.member_folders(self.started_as), self.started_as)]
+
+
+def _scatter(values: np.ndarray, indices: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros((size, *values.shape[1:]), values.dtype)
+    out[indices] = values
+    return out

@@ -60,6 +60,7 @@ class Layout:
     curves = _Output("curves.png")
     learning_curves = _Output("learning_curves.png")
     validation_vs_lr = _Output("validation_vs_lr.png")
+    lineages = _Output("lineages.png")  # population-based training: each member's hyperparameters over the epochs
     tb = _Output("tb")  # where TensorBoard events went before they moved beside the run (see `events`)
 
     def __post_init__(self):
@@ -96,10 +97,11 @@ def run_record(config: engine.Config, member: dict, data: dict) -> dict:
     return _as_read_back({"format": RUN_FORMAT, "config": config_record(config), **members, **data})
 
 
-def sweep_record(config: engine.Config, members: list[dict], shared_order: bool, data: dict) -> dict:
-    """The sweep's run record; `data` as in `run_record`."""
+def sweep_record(config: engine.Config, members: list[dict], sweep: dict, data: dict) -> dict:
+    """The sweep's run record: its members (as they start), `sweep` (its settings of role SWEEP that are part of its
+    identity: shared order, search and scheduler), and `data` as in `run_record`."""
     return _as_read_back({"format": RUN_FORMAT, "kind": "sweep", "config": config_record(config),
-                          "members": members, "shared_order": shared_order, **data})
+                          "members": members, **sweep, **data})
 
 
 def member_of(run: dict) -> dict:
@@ -377,7 +379,9 @@ def load_member(sweep_dir: Path, spec: str, step: int | str = "latest", conv: st
         stacked = [member] * meta["stacked_members"]
         return jax.eval_shape(jax.vmap(functools.partial(engine.init_member, config)), settings.hyper(stacked))
 
-    state, chosen, _ = _restore(sweep_dir, step, abstract_of)
+    state, chosen, meta = _restore(sweep_dir, step, abstract_of)
+    # population-based training changes members' hyperparameters: those they had at that checkpoint
+    member = meta.get("schedule", {}).get("members", run["members"])[index]
     return TrainedModel(config, member, jax.tree.map(lambda leaf: leaf[index], state), chosen), index
 
 
