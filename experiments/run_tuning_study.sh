@@ -21,7 +21,7 @@ declare -A ARGS=(
   [depth-sgd]="--model mlp --hidden 128,128,128,128,128,128,128,128 --optimizer sgd --schedule constant --lrs 0.01 --b1s 0 --batch-size 64 --seeds 5 --epochs 20"
   [depth-adamw]="--model mlp --hidden 128,128,128,128,128,128,128,128 --seeds 5"
 )
-for name in ${STUDIES:-tuned-mlp tuned-lenet halving-lenet random-mlp pbt-mlp depth-sgd depth-adamw}; do
+for name in ${STUDIES:-halving-lenet tuned-mlp tuned-lenet random-mlp pbt-mlp depth-sgd depth-adamw}; do
   workdir="checkpoints/tuning-$name"
   # shellcheck disable=SC2086  # the settings are several flags
   python -m mnist_jax.sweep ${ARGS[$name]} $common --workdir "$workdir"

@@ -135,15 +135,15 @@ class Population:
     def order(self, state):
         return population.orders(self.config)(state)
 
-    def piece(self, state, order, length: int):
+    def piece(self, state, order, length: int) -> "Program":
         steps = functools.partial(self._steps, steps=length)
         if self.active is None:
             compiled = jax.jit(steps).lower(state, self.hyper, *self._train, order, np.int32(0)).compile()
-            return lambda state, order, first: compiled(state, self.hyper, *self._train, order, first)
+            return Program(compiled, lambda: (self.hyper, *self._train))
         active = self.active
         compiled = jax.jit(functools.partial(population.train_some, steps)).lower(
             state, self.hyper, *self._train, order, np.int32(0), active).compile()
-        return lambda state, order, first: compiled(state, self.hyper, *self._train, order, first, active)
+        return Program(compiled, lambda: (self.hyper, *self._train), (active,))
 
     def evaluate(self, state) -> dict:
         if self.active is None:
@@ -172,6 +172,19 @@ class Population:
     def board_runs(self) -> list[tuple[str, dict]]:
         return [(folder, settings.hparams(self.config, m))
                 for folder, m in zip(settings.member_folders(self.started_as), self.started_as)]
+
+
+class Program:
+    """A compiled piece of an epoch for the loop: (state, order, first) -> (state, sums), the population's current
+    hyperparameters and data (`inputs()`) and any further arguments (`extra`) passed along. `compiled` is XLA's
+    program (its cost_analysis() says what it computes)."""
+
+    def __init__(self, compiled, inputs, extra=()):
+        self.compiled, self._inputs, self._extra = compiled, inputs, extra
+
+    def __call__(self, state, order, first):
+        hyper, *train = self._inputs()
+        return self.compiled(state, hyper, *train, order, first, *self._extra)
 
 
 def _scatter(values: np.ndarray, indices: np.ndarray, size: int) -> np.ndarray:
