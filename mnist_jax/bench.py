@@ -52,8 +52,14 @@ def recipe(model: str, train_size: int, **overrides) -> engine.Config:
     return settings.config({"model": model, **overrides}, train_size)
 
 
+def member(activation: str = "relu", lr: float = 2e-3, seed: int = 0) -> dict:
+    """A member of the default recipe with this activation, learning rate and seed."""
+    values = {"activation": activation, "lr": lr, "seed": seed}
+    return settings.member(values, settings.config(values, 1))
+
+
 def one_member(activation: str = "relu", lr: float = 2e-3, seed: int = 0) -> engine.Hyper:
-    return settings.hyper({"activation": activation, "lr": lr, "seed": seed})
+    return settings.hyper(member(activation, lr, seed))
 
 
 def whole_epoch(config: engine.Config):
@@ -183,7 +189,7 @@ def measure_sweep_pieces(x, y, rounds: int) -> dict:
     for model, count in LARGE_SWEEPS.items():
         config = recipe(model, len(y))
         steps = config.steps_per_epoch
-        members = [{"activation": ("elu", "relu", "leaky_relu")[i % 3], "seed": i // 3, "lr": 2e-3}
+        members = [member(("elu", "relu", "leaky_relu")[i % 3], 2e-3, i // 3)
                    for i in range(count)]
         hyper, mesh = settings.hyper(members), population.member_mesh()
         state = population.init(config, hyper, shared_order=False)
@@ -220,7 +226,7 @@ def measure_sweep(x, y, seeds: int) -> dict:
     """One LeNet epoch of 3 activations x `seeds` members: each as a single run (the program train runs), summed,
     and as one sweep program in each of SWEEP_STRATEGIES; one timed epoch each."""
     config = recipe("lenet", len(y))
-    members = [{"activation": a, "seed": s, "lr": 2e-3} for a in ("elu", "relu", "leaky_relu") for s in range(seeds)]
+    members = [member(a, 2e-3, s) for a in ("elu", "relu", "leaky_relu") for s in range(seeds)]
     runs = [settings.hyper(m) for m in members]
     single = jax.jit(whole_epoch(config)).lower(
         engine.init_member(config, runs[0]), runs[0], x, y).compile()

@@ -39,10 +39,13 @@ def scalars(row: Mapping[str, Any]) -> dict[str, float]:
 class Board:
     """The event files of one launch: one writer per member, written once per epoch."""
 
-    def __init__(self, directory: Path, runs: Sequence[tuple[str, Mapping[str, Any]]], first_epoch: int):
+    def __init__(self, directory: Path, runs: Sequence[tuple[str, Mapping[str, Any]]], first_epoch: int,
+                 changing: Sequence[str] = ()):
         """`runs[i]` is member i's (run name, hparams); epochs before `first_epoch` are trained already, and any
-        event at `first_epoch` or later is from a launch that stopped before that epoch's checkpoint."""
-        self._writers = []
+        event at `first_epoch` or later is from a launch that stopped before that epoch's checkpoint. The
+        hyperparameters in `changing` (population-based training's) are written each epoch too, as
+        `hyperparameters/<name>`: the values that epoch trained with."""
+        self._writers, self._changing = [], tuple(changing)
         for name, hparams in runs:
             writer, launches = _open(directory, name)
             self._writers.append(writer)
@@ -65,6 +68,8 @@ class Board:
             if metrics.PRUNED in entry and entry[metrics.PRUNED] < row["epoch"]:
                 continue  # a member that no longer trains: its curve ends where it stopped
             values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars(member_row).items()]
+            values += [Summary.Value(tag=f"hyperparameters/{name}", simple_value=float(entry[name]))
+                       for name in self._changing]
             _write(writer, Summary(value=values), step=row["epoch"])
             writer.flush()
 

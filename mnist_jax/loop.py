@@ -110,7 +110,9 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict, scheduler: An
             return Fitted(state, rows, True)
         if distributed.is_primary():  # drops damaged rows and those of epochs whose checkpoint was lost
             records.write_rows(layout.metrics, rows)
-            board = _writing_events(layout, lambda: events.Board(layout.root, trainer.board_runs(), start + 1))
+            changing = scheduler.changing if scheduler else ()  # hyperparameters that change as it trains (PBT)
+            board = _writing_events(layout, lambda: events.Board(layout.root, trainer.board_runs(), start + 1,
+                                                                 changing))
         state, place = _resume_place(layout, trainer, start, epochs, state)
         plan = lambda done=0: pieces(trainer.steps_per_epoch, trainer.members_per_device,  # noqa: E731
                                      trainer.piece_member_steps, done)

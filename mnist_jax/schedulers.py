@@ -107,6 +107,7 @@ class Halving:
     """Successive halving over a trainers.Population."""
 
     name = "halving"
+    changing = ()  # no hyperparameter changes as it trains
 
     def __init__(self, population, eta: int, first_rung: int, epochs: int):
         self.population, self.eta, self.rungs = population, eta, rungs(first_rung, eta, epochs)

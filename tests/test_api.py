@@ -64,6 +64,7 @@ def test_sweep_run_returns_the_results_and_its_members_load_as_models(tmp_path):
         [("relu", 0.001), ("relu", 0.003), ("elu", 0.001), ("elu", 0.003)]
     assert {s["activation"] for s in results["selection"]} == {"relu", "elu"}
     model = workdir.load_model(tmp_path / "s", member="elu,0,0.003")
-    assert model.member == {"activation": "elu", "seed": 0, "lr": 0.003}
+    assert model.member == {"activation": "elu", "seed": 0, "lr": 0.003, "weight_decay": 0.2, "b1": 0.9,
+                            "label_smoothing": 0.0}
     with pytest.raises(UserError, match="is a sweep"):
         workdir.load_model(tmp_path / "s")

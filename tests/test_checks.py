@@ -85,10 +85,13 @@ def test_an_empty_member_list_is_refused_in_one_line(tmp_path, capsys, flag):
 # ------------------------------------------------------------------------------------------- paired differences
 
 
+DEFAULTS = {"weight_decay": 0.2, "b1": 0.9, "label_smoothing": 0.0}  # what the scripted members share
+
+
 def member(activation, seed, test, lr=0.01, val=None, diverged=False):
-    return {"activation": activation, "lr": lr, "seed": seed, "val_accuracy": test if val is None else val,
+    return {"activation": activation, "lr": lr, "seed": seed, **DEFAULTS, "val_accuracy": test if val is None else val,
             "test_accuracy": test, "train_loss": 0.1, "diverged": diverged, "stalled": False, "epoch_to_98": None,
-            "epoch_to_99": None}
+            "epoch_to_99": None, "epochs_trained": 2}
 
 
 def pair(a_tests, b_tests) -> dict:
@@ -97,7 +100,8 @@ def pair(a_tests, b_tests) -> dict:
     f32 = lambda x: float(np.float32(x))  # noqa: E731
     members = [member(a, seed, f32(t)) for seed, (ta, tb) in enumerate(zip(a_tests, b_tests))
                for a, t in (("relu", ta), ("leaky_relu", tb))]
-    (p,) = results.paired_differences(members, {"relu": 0.01, "leaky_relu": 0.01})
+    cell = {"lr": 0.01, **DEFAULTS}
+    (p,) = results.paired_differences(members, {"relu": cell, "leaky_relu": cell})
     return p
 
 
@@ -127,7 +131,8 @@ def test_three_seeds_with_spread_and_an_interval_excluding_zero_name_the_better_
 def test_fewer_epochs_to_a_threshold_with_spread_over_three_seeds_is_sooner():
     members = [{**member(a, seed, 0.99), "epoch_to_98": epochs}
                for seed, pairs in enumerate([(3, 5), (4, 6), (2, 5)]) for a, epochs in zip(("elu", "relu"), pairs)]
-    (p,) = results.paired_differences(members, {"elu": 0.01, "relu": 0.01}, "epoch_to_98")
+    cell = {"lr": 0.01, **DEFAULTS}
+    (p,) = results.paired_differences(members, {"elu": cell, "relu": cell}, "epoch_to_98")
     assert p["verdict"] == "elu sooner"
 
 
@@ -167,10 +172,13 @@ def test_results_record_each_verdict_and_state_the_rule(tmp_path):
 
 
 def test_sweep_plots_are_titled_with_the_model_and_recipe():
-    title = results.recipe_title(make_config("lenet", optimizer="sgd", schedule="constant", epochs=1))
-    assert title.startswith("lenet: sgd, constant schedule") and title.endswith("batch 128, 1 epoch")
-    assert results.recipe_title(make_config("mlp", hidden=(256, 128), epochs=12)).startswith(
-        "mlp 256x128: adamw, warmup-cosine schedule")
+    title = results.recipe_title(make_config("lenet", optimizer="sgd", schedule="constant", epochs=1),
+                                 [{"weight_decay": 0.0}])
+    assert title.startswith("lenet: sgd, constant schedule, weight decay 0") and title.endswith("batch 128, 1 epoch")
+    assert results.recipe_title(make_config("mlp", hidden=(256, 128), epochs=12), [{"weight_decay": 0.2}]).startswith(
+        "mlp 256x128: adamw, warmup-cosine schedule, weight decay 0.2")
+    # where the members differ in weight decay, the title does not name one
+    assert "weight decay" not in results.recipe_title(make_config("mlp"), [{"weight_decay": 0.1}, {"weight_decay": 0.2}])
 
 
 def test_sweep_plots_carry_the_title_and_mark_the_diverged_members(tmp_path):

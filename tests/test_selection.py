@@ -123,8 +123,10 @@ def test_evaluate_best_says_which_epoch_and_metric_chose_it(tmp_path, capsys):
 
 
 def member(activation, lr, seed, val, test=0.9, diverged=False):
-    return {"activation": activation, "lr": lr, "seed": seed, "val_accuracy": val, "test_accuracy": test,
-            "train_loss": 0.1, "diverged": diverged, "stalled": False, "epoch_to_98": None, "epoch_to_99": None}
+    return {"activation": activation, "lr": lr, "seed": seed, "weight_decay": 0.2, "b1": 0.9, "label_smoothing": 0.0,
+            "val_accuracy": val, "test_accuracy": test,
+            "train_loss": 0.1, "diverged": diverged, "stalled": False, "epoch_to_98": None, "epoch_to_99": None,
+            "epochs_trained": 12}
 
 
 def test_selection_takes_each_activations_lr_of_best_mean_validation_accuracy():
@@ -151,7 +153,8 @@ def test_a_diverged_member_counts_with_the_accuracy_of_its_frozen_parameters():
 
 def test_a_member_that_ends_near_chance_without_diverging_is_named_stalled():
     def final(seed, val, diverged=False):
-        return {"activation": "relu", "seed": seed, "lr": 0.1, "val_accuracy": val, "test_accuracy": val,
+        return {"activation": "relu", "seed": seed, "lr": 0.1, "weight_decay": 0.2, "b1": 0.9, "label_smoothing": 0.0,
+                "val_accuracy": val, "test_accuracy": val,
                 "train_loss": None if diverged else 2.3, "diverged": diverged}
 
     rows = [{"epoch": 1, "members": [final(0, 0.40), final(1, 0.90), final(2, 0.40)]},

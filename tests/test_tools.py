@@ -107,7 +107,8 @@ def test_a_loaded_model_predicts_with_its_best_checkpoint_by_default(trained_len
     rows = [json.loads(line) for line in (trained_lenet / "metrics.jsonl").read_text().splitlines()]
     best = max(rows, key=lambda row: (row["val_accuracy"], row["epoch"]))
     model = load_model(trained_lenet)
-    assert model.step == best["epoch"] and model.member == {"activation": "relu", "seed": 0, "lr": 0.002}
+    assert model.step == best["epoch"] and model.member == {"activation": "relu", "seed": 0, "lr": 0.002,
+                                                            "weight_decay": 0.2, "b1": 0.9, "label_smoothing": 0.0}
     logits = model.predict(mnist.x_test[:2000])
     assert logits.shape == (2000, 10)
     assert np.mean(logits.argmax(-1) == mnist.y_test[:2000]) == pytest.approx(best["test_accuracy"], abs=1e-6)

@@ -15,6 +15,7 @@ from mnist_jax.settings import Range
 from mnist_jax.trainers import Population
 from mnist_jax.workdir import load_member
 
+from test_events import hparams_of, read_scalars
 from conftest import SMALL, make_config, member, member_state, one_line_error, population_epoch, run_cli, train_epoch
 
 QUICK = [*SMALL, "--validation-size", "256", "--test-limit", "256"]
@@ -276,6 +277,11 @@ def test_a_pbt_sweep_records_lineages_and_resumes_to_the_bit(pbt_sweep, tmp_path
             assert members[h["parent"]]["activation"] == m["activation"]
             assert (h["lr"], h["weight_decay"]) == (after["members"][i]["lr"], after["members"][i]["weight_decay"])
     assert any(h["parent"] != i for i, m in enumerate(members) for h in m["history"])
+    # TensorBoard shows each member's hyperparameters as they change, and every one in its hparams
+    folder = settings.member_folders(json.loads((pbt_sweep / "run.json").read_text())["members"])[5]
+    scalars = read_scalars(pbt_sweep / folder)
+    assert scalars["hyperparameters/lr"] == [(row["epoch"], pytest.approx(row["members"][5]["lr"])) for row in rows]
+    assert {"lr", "weight_decay", "b1", "label_smoothing"} <= set(hparams_of(pbt_sweep / folder))
     copy = tmp_path / "copy"
     shutil.copytree(pbt_sweep, copy)
     as_if_killed_after(copy, 1)
