@@ -296,7 +296,7 @@ def _rungs(members: list[dict], rungs: list[int]) -> list[str]:
     for rung in [0, *rungs]:
         going = [len({tuple(m[n] for n in names) for m in members
                       if m["activation"] == a and m["epochs_trained"] > rung}) for a in activations]
-        lines.append(f"| {rung} | " + " | ".join(f"{plural(g, 'cell')} go on" for g in going) + " |")
+        lines.append(f"| {rung} | " + " | ".join(str(g) for g in going) + " |")
     return lines
 
 
@@ -352,8 +352,12 @@ def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], memb
                   "Paired differences of final test accuracy at each learning rate (same seeds), with 95% t "
                   "confidence intervals:", "", *_pairs_table(pairs), "", RULE]
     if strategy["scheduler"] == "halving":
-        lines += ["", "Successive halving: cells of each activation still training after each rung:", "",
+        lines += ["", "Successive halving: how many cells of each activation trained on after each rung (0: the start):",
+                  "",
                   *_rungs(members, strategy["rungs"])]
+    fixed = {n: members[0][n] for n in cell_names(members) if n != "activation" and n not in shown}
+    if fixed and (strategy["scheduler"] != "none" or strategy["sampler"] != "grid" or shown != ["lr"]):
+        lines += ["", f"Every cell shares {cell_text(fixed)}."]
     if spent and spent[0] != spent[1]:
         lines += ["", f"Compute: {spent[0]} member-epochs trained, {spent[0] / spent[1]:.0%} of the {spent[1]} that "
                   "training every member to the end would have taken."]
