@@ -27,6 +27,7 @@ from mnist_jax.data import load_bundled
 from mnist_jax.loop import pieces
 from mnist_jax.models import MODELS
 from mnist_jax.report import environment
+from mnist_jax.trainers import Single
 
 TORCH_REFERENCE = Path(__file__).resolve().parents[1] / "experiments" / "torch_reference.py"
 
@@ -177,6 +178,45 @@ def measure_pieces(x, y, epochs: int) -> dict:
             "cost": best["pieces"] / best["whole"] - 1}
 
 
+def measure_guard(x, y, epochs: int) -> dict:
+    """The divergence guard's cost, per model: an epoch in the pieces `train` runs, unguarded (the floor), as
+    `train` runs it (unguarded steps and one check a piece: trainers.Program), and guarded at every step (the
+    check and freeze of engine.train_step each step: what a piece that went wrong runs again). Alternated,
+    fastest of `epochs` each."""
+    out = {}
+    for model in ("mlp", "lenet"):
+        config = recipe(model, len(y))
+        trainer = Single(config, member(), {"train": (x, y)})
+        state = trainer.init()
+        plan = pieces(config.steps_per_epoch, 1, MODELS[model].piece_member_steps)
+        order = jax.jit(trainer.order)
+        programs = {n: trainer.piece(state, order(state), n) for n in {n for _, n in plan}}
+        hyper = trainer.hyper
+
+        def epoch_of(way):
+            def run(state):
+                orders = order(state)
+                for first, n in plan:
+                    if way == "checked":
+                        state, sums = programs[n](state, orders, np.int32(first))
+                    else:
+                        program = programs[n].compiled if way == "unguarded" else programs[n].guarded()
+                        state, sums = program(state, hyper, x, y, orders, np.int32(first))
+                    distributed.to_host(sums)
+                return engine.next_epoch(state), None
+            return run
+
+        best = {way: float("inf") for way in ("unguarded", "checked", "every_step")}
+        for round_ in range(epochs + 1):  # the first round warms each up
+            for way in best:
+                seconds, state = timed_epochs(lambda s: epoch_of(way)(s), state, (), 1, warm_up=False)
+                best[way] = min(best[way], seconds) if round_ else best[way]
+        out[model] = {**{f"{way}_epoch_seconds": seconds for way, seconds in best.items()},
+                      "cost": best["checked"] / best["unguarded"] - 1,
+                      "every_step_cost": best["every_step"] / best["unguarded"] - 1}
+    return out
+
+
 # Large sweeps whose epochs the host loop cuts into more than ten pieces (loop.pieces): model -> members.
 LARGE_SWEEPS = {"lenet": 60, "mlp": 75}
 
@@ -301,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     compiled = jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     results["lenet"]["lax_conv_epoch_seconds"] = timed_epochs(compiled, state, (hyper, x, y), 1)[0]
     results["lenet_pieces"] = measure_pieces(x, y, args.epochs)
+    results["guard"] = measure_guard(x, y, args.epochs)
     results["lenet_sweep"] = measure_sweep(x, y, args.seeds)
     results["sweep_pieces"] = measure_sweep_pieces(x, y, args.epochs)
     results["compile_lenet"] = measure_compile("lenet")
@@ -333,6 +374,11 @@ def table(r: dict) -> str:
     lines.append(f"| lenet epoch in {p['pieces']} pieces (what train runs: stoppable within seconds) against one "
                  f"program | {p['pieces_epoch_seconds']:.3f} / {p['whole_epoch_seconds']:.3f} | | "
                  f"{p['cost']:+.1%} |")
+    for model, g in r["guard"].items():
+        lines.append(f"| {model} epoch: divergence guard as train runs it (one check a piece) / unguarded / guarded "
+                     f"every step | {g['checked_epoch_seconds']:.3f} / {g['unguarded_epoch_seconds']:.3f} / "
+                     f"{g['every_step_epoch_seconds']:.3f} | | {g['cost']:+.1%} (every step: "
+                     f"{g['every_step_cost']:+.1%}) |")
     for model, p in r["sweep_pieces"].items():
         lines.append(f"| {model} sweep of {p['members']}: {p['pieces']} pieces of {p['piece_length']} steps an epoch, "
                      f"not {p['ten_pieces']}: seconds a piece, of them fixed | {p['piece_seconds']:.2f}, "

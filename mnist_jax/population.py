@@ -44,7 +44,8 @@ def orders(config: engine.Config):
     return jax.vmap(functools.partial(engine.epoch_order, config))
 
 
-def train_steps(config: engine.Config, shared_order: bool, vmap_chunk: int | None, mesh: Mesh):
+def train_steps(config: engine.Config, shared_order: bool, vmap_chunk: int | None, mesh: Mesh,
+                guarded: bool = True):
     """`engine.train_steps` over stacked members: (state, hyper, x, y, orders, first, steps) -> (state, sums), with
     `orders` each member's epoch order (`orders`).
 
@@ -55,7 +56,8 @@ def train_steps(config: engine.Config, shared_order: bool, vmap_chunk: int | Non
     members (one wide matmul) instead of once per member.
     """
     def local(state, hyper, x, y, orders, first, steps):
-        member_steps = functools.partial(engine.train_steps, config, x_train=x, y_train=y, first=first, steps=steps)
+        member_steps = functools.partial(engine.train_steps, config, x_train=x, y_train=y, first=first, steps=steps,
+                                         guarded=guarded)
         n = state.epoch.shape[0]
         if vmap_chunk is not None and vmap_chunk < n:
             # batch_size=1 would still vmap each member (over an axis of 1), which XLA:CPU runs slower

@@ -53,11 +53,11 @@ class Single:
     def order(self, state):
         return engine.epoch_order(self.config, state)
 
-    def piece(self, state, order, length: int):
-        program = jax.jit(functools.partial(engine.train_steps, self.config, steps=length,
-                                            batch_sharding=self._batch_sharding))
-        compiled = program.lower(state, self.hyper, *self._train, order, np.int32(0)).compile()
-        return lambda state, order, first: compiled(state, self.hyper, *self._train, order, first)
+    def piece(self, state, order, length: int) -> "Program":
+        program = lambda guarded: jax.jit(functools.partial(  # noqa: E731
+            engine.train_steps, self.config, steps=length, batch_sharding=self._batch_sharding, guarded=guarded))
+        return Program(program, (state, self.hyper, *self._train, order, np.int32(0)),
+                       lambda: (self.hyper, *self._train))
 
     def evaluate(self, state) -> dict:
         return self._evaluate(self.config, state.params, self.hyper, self._held_out)
@@ -94,7 +94,7 @@ class Population:
         self._held_out = {name: split for name, split in on_devices.items() if name != "train"}
         self._init = jax.jit(functools.partial(population.init, config, shared_order=shared_order),
                              out_shardings=self._sharding)
-        self._steps = population.train_steps(config, shared_order, vmap_chunk, self.mesh)
+        self._steps = functools.partial(population.train_steps, config, shared_order, vmap_chunk, self.mesh)
         self._evaluate = jax.jit(population.evaluate(config))
         self._take = jax.jit(population.take, out_shardings=self._sharding)
         self.label = f"sweep {config.model} x{len(members)}"
@@ -136,14 +136,15 @@ class Population:
         return population.orders(self.config)(state)
 
     def piece(self, state, order, length: int) -> "Program":
-        steps = functools.partial(self._steps, steps=length)
+        inputs = lambda: (self.hyper, *self._train)  # noqa: E731  (PBT may have changed the hyperparameters)
+        example = (state, self.hyper, *self._train, order, np.int32(0))
         if self.active is None:
-            compiled = jax.jit(steps).lower(state, self.hyper, *self._train, order, np.int32(0)).compile()
-            return Program(compiled, lambda: (self.hyper, *self._train))
+            return Program(lambda guarded: jax.jit(functools.partial(self._steps(guarded), steps=length)),
+                           example, inputs)
         active = self.active
-        compiled = jax.jit(functools.partial(population.train_some, steps)).lower(
-            state, self.hyper, *self._train, order, np.int32(0), active).compile()
-        return Program(compiled, lambda: (self.hyper, *self._train), (active,))
+        return Program(lambda guarded: jax.jit(functools.partial(
+            population.train_some, functools.partial(self._steps(guarded), steps=length))),
+            (*example, active), inputs, (active,), active)
 
     def evaluate(self, state) -> dict:
         if self.active is None:
@@ -175,16 +176,46 @@ class Population:
 
 
 class Program:
-    """A compiled piece of an epoch for the loop: (state, order, first) -> (state, sums), the population's current
-    hyperparameters and data (`inputs()`) and any further arguments (`extra`) passed along. `compiled` is XLA's
-    program (its cost_analysis() says what it computes)."""
+    """A piece of an epoch for the loop: (state, order, first) -> (state, sums), on the trainer's current
+    hyperparameters and data (`inputs()`) and any further arguments (`extra`).
 
-    def __init__(self, compiled, inputs, extra=()):
-        self.compiled, self._inputs, self._extra = compiled, inputs, extra
+    It runs the steps unguarded (engine.train_step), then checks the piece once: where a member's piece ended not
+    sound, or a member had diverged before (its parameters must stay frozen), the piece is run again from its start
+    with the guarded steps, compiled the first time they are needed. Both compute the same numbers where nothing goes
+    wrong, so the result is what guarding every step gives. `program(guarded)` is the jitted function, `example` its
+    arguments' shapes, `active` the members it trains (None: all); `compiled` is the unguarded XLA program (its
+    cost_analysis() says what it computes).
+    """
+
+    def __init__(self, program, example: tuple, inputs, extra: tuple = (), active=None):
+        self._program, self._inputs, self._extra, self._active = program, inputs, extra, active
+        self._example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                                    sharding=getattr(x, "sharding", None)), example)
+        self.compiled = program(False).lower(*self._example).compile()
+        self._guarded = None
+        self._frozen = False  # a member has diverged: every piece runs guarded from then on
+        self.reruns = 0  # pieces run again guarded
+
+    def guarded(self):
+        if self._guarded is None:
+            self._guarded = self._program(True).lower(*self._example).compile()
+        return self._guarded
+
+    def _any(self, flags) -> bool:
+        flags = np.asarray(distributed.to_host(flags))
+        return bool(np.any(flags if self._active is None or flags.ndim == 0 else flags[self._active]))
 
     def __call__(self, state, order, first):
         hyper, *train = self._inputs()
-        return self.compiled(state, hyper, *train, order, first, *self._extra)
+        args = (state, hyper, *train, order, first, *self._extra)
+        if not self._frozen:
+            new, sums = self.compiled(*args)
+            if not self._any(~sums["sound"]):
+                return new, sums
+            self.reruns += 1
+        new, sums = self.guarded()(*args)
+        self._frozen = self._frozen or self._any(new.diverged)
+        return new, sums
 
 
 def _scatter(values: np.ndarray, indices: np.ndarray, size: int) -> np.ndarray:

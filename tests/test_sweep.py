@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import engine, population, settings, sweep, train
+from mnist_jax.trainers import Population
 from mnist_jax.workdir import load_member, load_run
 
 from conftest import (SMALL, kill_after_first_checkpoint_then_resume, make_config, member, member_state,
@@ -66,6 +67,35 @@ def test_a_diverged_member_is_isolated_and_the_others_unaffected(small_mnist):
     for i, j in [(0, 0), (2, 1)]:
         chex.assert_trees_all_close(member_state(with_bad.params, i), member_state(without.params, j),
                                     atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, None], ids=["members loop", "vmap"])
+def test_unguarded_pieces_run_again_guarded_where_they_go_wrong_and_equal_guarding_every_step(small_mnist, chunk):
+    x_train, y_train, x_test, y_test = map(np.asarray, small_mnist)
+    config = make_config("mlp", hidden=(32,), batch_size=64, epochs=1, train_size=len(y_train))
+    splits = {"train": (x_train, y_train), "val": (x_test, y_test)}
+    every_step = jax.jit(population.train_steps(config, False, chunk, population.member_mesh()),  # guarded
+                         static_argnames="steps")
+
+    def pieces(members):
+        trainer = Population(config, members, splits, shared_order=False, vmap_chunk=chunk)
+        state = trainer.init()
+        order = jax.jit(trainer.order)(state)
+        program = trainer.piece(state, order, 4)
+        fast, guarded = state, state
+        for first in range(0, config.steps_per_epoch - 3, 4):
+            fast, fast_sums = program(fast, order, np.int32(first))
+            guarded, guarded_sums = every_step(guarded, trainer.hyper, jnp.asarray(x_train), jnp.asarray(y_train),
+                                               order, np.int32(first), steps=4)
+            chex.assert_trees_all_equal((fast, fast_sums["loss_sum"]), (guarded, guarded_sums["loss_sum"]))
+        return fast, program.reruns
+
+    state, reruns = pieces([member("relu", 0, 1e-3), member("relu", 2, 50.0), member("elu", 1, 1e-3)])
+    np.testing.assert_array_equal(state.diverged, [False, True, False])
+    chex.assert_tree_all_finite(state.params)
+    # the member blew up in the first piece, which ran again guarded; it stays frozen, so later pieces run guarded
+    assert reruns == 1
+    assert pieces([member("relu", 0, 1e-3), member("elu", 1, 1e-3)])[1] == 0  # sound members: never guarded
 
 
 @pytest.fixture(scope="module")
