@@ -27,7 +27,9 @@ from mnist_jax.data import load_bundled
 from mnist_jax.loop import pieces
 from mnist_jax.models import MODELS
 from mnist_jax.report import environment
+from mnist_jax.export import ExportedModel, exported
 from mnist_jax.trainers import Single
+from mnist_jax.workdir import TrainedModel
 
 TORCH_REFERENCE = Path(__file__).resolve().parents[1] / "experiments" / "torch_reference.py"
 
@@ -64,10 +66,11 @@ def one_member(activation: str = "relu", lr: float = 2e-3, seed: int = 0) -> eng
 
 
 def whole_epoch(config: engine.Config):
-    """One epoch of one member as a single program (train runs it in pieces): (state, hyper, x, y) -> (state, sums)."""
+    """One epoch of one member as a single program (train runs it in pieces, each checked once for divergence:
+    measure_guard says what that costs): (state, hyper, x, y) -> (state, sums)."""
     def epoch(state, hyper, x, y):
         state, sums = engine.train_steps(config, state, hyper, x, y, engine.epoch_order(config, state), 0,
-                                         config.steps_per_epoch)
+                                         config.steps_per_epoch, guarded=False)
         return engine.next_epoch(state), sums
     return epoch
 
@@ -217,6 +220,32 @@ def measure_guard(x, y, epochs: int) -> dict:
     return out
 
 
+def measure_serving(x, repeats: int = 20) -> dict:
+    """Prediction latency of one image and throughput of a batch of 1,000, for LeNet from a workdir's model
+    (workdir.TrainedModel.predict) and from its exported file (export.ExportedModel); the weights do not matter."""
+    config = recipe("lenet", 55000)
+    values = member()
+    state = engine.init_member(config, settings.hyper(values))
+    in_workdir = TrainedModel(config, values, state, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.jax"
+        path.write_bytes(exported(in_workdir).serialize())
+        from_file = ExportedModel(path)
+        batch = np.asarray(x[:1000])
+        out = {"model": "lenet", "file_bytes": path.stat().st_size}
+        for name, model in (("workdir", in_workdir), ("exported", from_file)):
+            for images, key in ((batch[:1], "one_image_ms"), (batch, "batch_1000_ms")):
+                model.predict(images)  # compiles
+                best = float("inf")
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    model.predict(images)
+                    best = min(best, time.perf_counter() - started)
+                out[f"{name}_{key}"] = best * 1000
+            out[f"{name}_images_per_second"] = 1000 / (out[f"{name}_batch_1000_ms"] / 1000)
+    return out
+
+
 # Large sweeps whose epochs the host loop cuts into more than ten pieces (loop.pieces): model -> members.
 LARGE_SWEEPS = {"lenet": 60, "mlp": 75}
 
@@ -342,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["lenet"]["lax_conv_epoch_seconds"] = timed_epochs(compiled, state, (hyper, x, y), 1)[0]
     results["lenet_pieces"] = measure_pieces(x, y, args.epochs)
     results["guard"] = measure_guard(x, y, args.epochs)
+    results["serving"] = measure_serving(x_np)
     results["lenet_sweep"] = measure_sweep(x, y, args.seeds)
     results["sweep_pieces"] = measure_sweep_pieces(x, y, args.epochs)
     results["compile_lenet"] = measure_compile("lenet")
@@ -379,6 +409,11 @@ def table(r: dict) -> str:
                      f"every step | {g['checked_epoch_seconds']:.3f} / {g['unguarded_epoch_seconds']:.3f} / "
                      f"{g['every_step_epoch_seconds']:.3f} | | {g['cost']:+.1%} (every step: "
                      f"{g['every_step_cost']:+.1%}) |")
+    v = r["serving"]
+    for name in ("workdir", "exported"):
+        lines.append(f"| lenet prediction from the {name}{' file' if name == 'exported' else ''}: one image ms / "
+                     f"1,000 images ms | {v[f'{name}_one_image_ms']:.2f} / {v[f'{name}_batch_1000_ms']:.1f} | | "
+                     f"{v[f'{name}_images_per_second']:,.0f} images/s |")
     for model, p in r["sweep_pieces"].items():
         lines.append(f"| {model} sweep of {p['members']}: {p['pieces']} pieces of {p['piece_length']} steps an epoch, "
                      f"not {p['ten_pieces']}: seconds a piece, of them fixed | {p['piece_seconds']:.2f}, "

@@ -90,9 +90,11 @@ def checkpoint_choice(text: str) -> str | int:
         raise argparse.ArgumentTypeError(f"{text!r} is not best, latest or an epoch number (1, 2, ...)") from None
 
 
-def add_model_settings(parser: argparse.ArgumentParser) -> None:
-    """--workdir, --checkpoint, --member and --conv: which trained model to load, and how (evaluate, predict)."""
-    parser.add_argument("--workdir", type=Path, required=True, help="a workdir written by train or sweep")
+def add_model_settings(parser: argparse.ArgumentParser, workdir_required: bool = True) -> None:
+    """--workdir, --checkpoint, --member and --conv: which trained model to load, and how (evaluate, predict,
+    export)."""
+    parser.add_argument("--workdir", type=Path, required=workdir_required, default=None,
+                        help="a workdir written by train or sweep")
     parser.add_argument("--checkpoint", type=checkpoint_choice, default="best",
                         help="best (chosen on validation accuracy; the latest where the run had no validation split), "
                              "latest or an epoch number (default: %(default)s)")

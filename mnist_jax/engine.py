@@ -233,9 +233,10 @@ def next_epoch(state: TrainState) -> TrainState:
     return state.replace(epoch=state.epoch + 1)
 
 
-def predict_logits(config: Config, params, hyper: Hyper, images: jax.Array) -> jax.Array:
-    """Logits for any number of images, in batches of `eval_batch_size` so memory stays bounded."""
-    n, size = images.shape[0], config.eval_batch_size
+def predict_logits(config: Config, params, hyper: Hyper, images: jax.Array, batch_size: int | None = None) -> jax.Array:
+    """Logits for any number of images, in batches of `batch_size` (default `eval_batch_size`) so memory stays
+    bounded."""
+    n, size = images.shape[0], batch_size or config.eval_batch_size
     padded = jnp.pad(images, ((0, -n % size), (0, 0), (0, 0))).reshape(-1, size, 28, 28)
     logits = jax.lax.map(lambda x: apply(config, params, hyper, x), padded)
     return logits.reshape(-1, 10)[:n]

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_jax import cli, settings
 from mnist_jax.errors import UserError, first_line
+from mnist_jax.export import ExportedModel
 from mnist_jax.workdir import checkpoint_used, load_model
 
 MAX_PIXELS = 40_000_000
@@ -33,7 +34,9 @@ MIN_INK_PIXELS = 0.25
 
 def parse_args(argv):
     parser = cli.Parser(prog="python -m mnist_jax.predict", description=__doc__.split(":", 1)[1].strip())
-    cli.add_model_settings(parser)
+    cli.add_model_settings(parser, workdir_required=False)
+    parser.add_argument("--model-file", type=Path, default=None,
+                        help="a file written by python -m mnist_jax.export, instead of --workdir")
     parser.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image, with all probabilities")
     cli.add_cache_setting(parser)
@@ -168,10 +171,17 @@ def mnist_like(path: Path) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cli.enable_compile_cache(not args.no_compile_cache)
-    model = load_model(args.workdir, args.checkpoint, args.member, args.conv)
-    _, words = checkpoint_used(args.workdir, args.checkpoint, model, args.member)
-    member = f"member {settings.member_label(model.member)}, " if args.member else ""
-    print(f"using {member}{words}", file=sys.stderr)  # stdout stays the data
+    if (args.workdir is None) == (args.model_file is None):
+        raise UserError("give the model as --workdir DIR (a trained workdir) or --model-file FILE (an exported "
+                        "model), one of the two")
+    if args.model_file is not None:
+        model = ExportedModel(args.model_file)
+        print(f"using the exported model {args.model_file}", file=sys.stderr)
+    else:
+        model = load_model(args.workdir, args.checkpoint, args.member, args.conv)
+        _, words = checkpoint_used(args.workdir, args.checkpoint, model, args.member)
+        member = f"member {settings.member_label(model.member)}, " if args.member else ""
+        print(f"using {member}{words}", file=sys.stderr)  # stdout stays the data
     prepared, failed = [], 0
     for path in args.images:
         try:

@@ -61,13 +61,18 @@ def temporary_of(path: Path) -> Path:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Replaces `path` with `text` atomically: readers see the old file or the new one, never a part. A failure is a
+    """Replaces `path` with `text` (UTF-8) atomically, as write_bytes."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replaces `path` with `data` atomically: readers see the old file or the new one, never a part. A failure is a
     one-line UserError naming `path`, and leaves no temporary file."""
     path = Path(path)
     temporary = temporary_of(path)
     try:
-        with open(temporary, "w") as f:
-            f.write(text)
+        with open(temporary, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)

@@ -286,7 +286,7 @@ def selection_of(workdir: Path, step: int) -> dict:
     return {"metric": metric, "value": value}
 
 
-_predict_logits = jax.jit(engine.predict_logits, static_argnums=0)
+_predict_logits = jax.jit(engine.predict_logits, static_argnums=(0, 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,7 +308,9 @@ class TrainedModel:
         if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
             raise UserError(f"images must be uint8 of shape (N, 28, 28), not {images.dtype} {images.shape}: "
                             "prepare files with mnist_jax.predict.mnist_like")
-        return np.asarray(_predict_logits(self.config, self.state.params, self.hyper, images))
+        # a few images are one small batch, not a padded batch of eval_batch_size
+        size = max(1, min(len(images), self.config.eval_batch_size))
+        return np.asarray(_predict_logits(self.config, self.state.params, self.hyper, images, size))
 
 
 def _open_for_reading(workdir: Path):
