@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import cli, distributed, engine, population, settings
+from mnist_jax import cli, distributed, engine, population, records, settings
 from mnist_jax.data import load_bundled
+from mnist_jax.errors import UserError
 from mnist_jax.loop import pieces
 from mnist_jax.models import MODELS
 from mnist_jax.report import environment
@@ -32,6 +34,11 @@ from mnist_jax.trainers import Single
 from mnist_jax.workdir import TrainedModel
 
 TORCH_REFERENCE = Path(__file__).resolve().parents[1] / "experiments" / "torch_reference.py"
+# The fast recipe for 99% test accuracy, chosen on validation (experiments/README.md, "Time to 99%"): the arguments
+# after `python -m mnist_jax.train`; each seed of the measurement adds --seed and --workdir.
+TIME_TO_99_ARGV = ["--model", "lenet", "--activation", "elu", "--epochs", "2", "--batch-size", "128",
+                   "--schedule", "one-cycle", "--lr", "0.012", "--b1", "0.85", "--weight-decay", "0.0145",
+                   "--validation-size", "0"]
 
 
 def parse_args(argv):
@@ -45,6 +52,8 @@ def parse_args(argv):
     parser.add_argument("--torch-python", default=None,
                         help="a Python interpreter with torch for the reference (default: this one, if it can "
                              "import torch; else the reference is skipped)")
+    parser.add_argument("--time-to-99-seeds", type=settings.positive_int, default=5, metavar="N",
+                        help="runs of each recipe in the time-to-99%% comparison (default: %(default)s)")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where to write the results")
     parser.add_argument("--compile-probe", choices=("lenet", "mlp"), default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -313,7 +322,52 @@ def measure_sweep(x, y, seeds: int) -> dict:
             "default_vmap_chunk": population.default_vmap_chunk()}
 
 
-def run_torch(python: str | None, x, y, epochs: int) -> dict | None:
+def measure_time_to_99(torch_python: str | None, seeds: int, train_images, train_labels, test_images, test_labels,
+                       train_limit: int | None = None) -> dict:
+    """The fast recipe (TIME_TO_99_ARGV), one fresh `python -m mnist_jax.train` per seed, against the tuomaso
+    recipe in PyTorch (experiments/torch_reference.py), `seeds` runs each: test accuracy (mean, std), seconds of
+    training, of the whole command and (mnist_jax) of compilation, cold (an empty compilation cache: the first seed
+    run once before) and warm (the cache it filled)."""
+    argv = TIME_TO_99_ARGV + (["--train-limit", str(train_limit), "--epochs", "1"] if train_limit else [])
+    out: dict = {"mnist_jax": {"argv": TIME_TO_99_ARGV, "runs": []}}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "MNIST_JAX_CACHE_DIR": str(Path(tmp) / "cache")}
+
+        def train(seed: int, name: str) -> dict:
+            workdir = Path(tmp) / name
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "mnist_jax.train", *argv, "--seed", str(seed),
+                                   "--workdir", str(workdir)], env=env, capture_output=True, text=True)
+            command_seconds = time.perf_counter() - started
+            if done.returncode:
+                raise UserError(f"the time-to-99 run failed: {done.stderr.strip().splitlines()[-1:]}")
+            summary = records.read_json(workdir / "summary.json")
+            compiled = float(re.search(r"pieces in ([0-9.]+) s", done.stdout).group(1))
+            return {"seed": seed, "test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"],
+                    "command_seconds": command_seconds, "compile_seconds": compiled}
+
+        cold = train(0, "cold")
+        out["mnist_jax"]["runs"] = [train(seed, f"seed{seed}") for seed in range(seeds)]
+        out["mnist_jax"]["cold_compile_seconds"] = cold["compile_seconds"]
+        out["mnist_jax"]["cold_command_seconds"] = cold["command_seconds"]
+    torch = run_torch(torch_python, train_images, train_labels, test=(test_images, test_labels), seeds=seeds)
+    if torch:
+        out["tuomaso"] = {"recipe": "tuomaso/train_mnist_fast 8_Final (PyTorch)", "runs": torch["runs"],
+                          "torch": torch["torch"], "threads": torch["threads"]}
+    for name, entry in out.items():
+        runs = entry["runs"]
+        for key in ("test_accuracy", "train_seconds", "command_seconds", "run_seconds", "compile_seconds"):
+            if runs and key in runs[0]:
+                values = np.array([r[key] for r in runs], float)
+                entry[f"mean_{key}"], entry[f"std_{key}"] = float(values.mean()), float(values.std(ddof=1))
+    if "tuomaso" in out:
+        out["train_seconds_ratio"] = out["mnist_jax"]["mean_train_seconds"] / out["tuomaso"]["mean_train_seconds"]
+    return out
+
+
+def run_torch(python: str | None, x, y, epochs: int = 1, test=None, seeds: int | None = None) -> dict | None:
+    """experiments/torch_reference.py on these images: its epoch times, or with `test` and `seeds` its runs of the
+    tuomaso recipe; None (with a note) where no PyTorch can run it."""
     if python is None:
         if importlib.util.find_spec("torch") is None:
             return None
@@ -323,12 +377,14 @@ def run_torch(python: str | None, x, y, epochs: int) -> dict | None:
               file=sys.stderr)
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        np.save(Path(tmp) / "x.npy", x)
-        np.save(Path(tmp) / "y.npy", y)
+        arrays = {"images": x, "labels": y, **({"test-images": test[0], "test-labels": test[1]} if test else {})}
+        flags = []
+        for name, array in arrays.items():
+            np.save(Path(tmp) / f"{name}.npy", np.asarray(array))
+            flags += [f"--{name}", str(Path(tmp) / f"{name}.npy")]
+        flags += ["--time-to-99", str(seeds)] if seeds else ["--epochs", str(epochs)]
         try:
-            result = subprocess.run([python, str(TORCH_REFERENCE), "--images", str(Path(tmp) / "x.npy"),
-                                     "--labels", str(Path(tmp) / "y.npy"), "--epochs", str(epochs)],
-                                    capture_output=True, text=True)
+            result = subprocess.run([python, str(TORCH_REFERENCE), *flags], capture_output=True, text=True)
         except OSError as e:
             print(f"note: cannot run {python} for the PyTorch reference ({e.strerror}); skipped", file=sys.stderr)
             return None
@@ -376,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["sweep_pieces"] = measure_sweep_pieces(x, y, args.epochs)
     results["compile_lenet"] = measure_compile("lenet")
     results["torch"] = run_torch(args.torch_python, x_np, y_np, args.epochs)
+    results["time_to_99"] = measure_time_to_99(args.torch_python, args.time_to_99_seeds, x_np, y_np, ds.x_test,
+                                               ds.y_test, args.train_limit)
     if results["torch"]:
         for model in ("lenet", "mlp"):
             results[model]["torch_epoch_seconds"] = results["torch"][model]["epoch_seconds"]
@@ -426,6 +484,18 @@ def table(r: dict) -> str:
             not strategy["shared_order"] else ""
         lines.append(f"| lenet sweep of {s['members']}, {name}{default}: epoch seconds | "
                      f"{strategy['epoch_seconds']:.2f} | | {strategy['ratio_to_sequential']:.2f}x the single runs |")
+    t = r["time_to_99"]
+    for name, entry in t.items():
+        if isinstance(entry, dict):
+            what = "mnist_jax fast recipe (" + " ".join(entry["argv"]) + ")" if name == "mnist_jax" else entry["recipe"]
+            lines.append(f"| time to 99%: {what}, {len(entry['runs'])} runs: test accuracy, training seconds "
+                         f"(whole command) | {entry['mean_test_accuracy']:.2%} ± {entry['std_test_accuracy']:.2%}, "
+                         f"{entry['mean_train_seconds']:.2f} s ({entry.get('mean_command_seconds', entry.get('mean_run_seconds', 0)):.2f} s) | | |")
+    if "train_seconds_ratio" in t:
+        lines.append(f"| time to 99%: mnist_jax training time / tuomaso's | | | {t['train_seconds_ratio']:.2f}x |")
+    m = t["mnist_jax"]
+    lines.append(f"| time to 99%: mnist_jax compile seconds, cold / warm (first seed) | {m['cold_compile_seconds']:.2f} / "
+                 f"{m['runs'][0]['compile_seconds']:.2f} | | |")
     c = r["compile_lenet"]
     lines.append(f"| lenet epoch program compile seconds (added to epoch 1), cold / cached | "
                  f"{c['epoch_cold_seconds']:.2f} / {c['epoch_warm_seconds']:.2f} | | |")

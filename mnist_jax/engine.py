@@ -74,8 +74,12 @@ def _constant(warmup_steps: int, total_steps: int) -> optax.Schedule:
     return optax.constant_schedule(1.0)
 
 
+def _one_cycle(warmup_steps: int, total_steps: int) -> optax.Schedule:
+    return optax.cosine_onecycle_schedule(max(total_steps, 2), 1.0)
+
+
 # Multipliers of the peak learning rate over the run's steps.
-SCHEDULES = {"warmup-cosine": _warmup_cosine, "constant": _constant}
+SCHEDULES = {"warmup-cosine": _warmup_cosine, "constant": _constant, "one-cycle": _one_cycle}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -229,7 +229,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("optimizer", "adamw", _optimizers_help(), one_of(engine.OPTIMIZERS, "optimizer"), STATIC, True,
             choices=tuple(engine.OPTIMIZERS)),
     Setting("schedule", "warmup-cosine", "warmup-cosine: linear warmup over the first epoch to the peak learning "
-            "rate, then cosine decay to zero; constant: the learning rate throughout",
+            "rate, then cosine decay to zero; constant: the learning rate throughout; one-cycle: from 1/25 of the "
+            "peak up to it over the first 30%% of the steps, then cosine down to 1/250,000 of it (PyTorch's "
+            "OneCycleLR), for short runs",
             one_of(engine.SCHEDULES, "schedule"), STATIC, True, choices=tuple(engine.SCHEDULES)),
     Setting("lr", None, "peak learning rate (default: the optimizer's, see --optimizer)", positive_float, MEMBER,
             True, plural="lrs", dtype=jnp.float32, tag="lr", record="learning_rate", scale="log",

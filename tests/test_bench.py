@@ -9,8 +9,8 @@ from conftest import run_cli
 
 def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert run_cli(bench.main, "--train-limit", "512", "--epochs", "1", "--seeds", "1", "--json", out,
-                   "--torch-python", "/nonexistent/python") == 0
+    assert run_cli(bench.main, "--train-limit", "512", "--epochs", "1", "--seeds", "1", "--time-to-99-seeds", "2",
+                   "--json", out, "--torch-python", "/nonexistent/python") == 0
     results = json.loads(out.read_text())
     for model in ("lenet", "mlp"):
         assert results[model]["epoch_seconds"] > 0 and results[model]["images_per_second"] > 0
@@ -28,4 +28,8 @@ def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
         assert results["compile_lenet"][key] > 0
     assert results["matmul_peak_gflops"] > 0
     assert results["torch"] is None  # that interpreter does not exist: the reference is skipped, not fatal
+    fast = results["time_to_99"]["mnist_jax"]
+    assert fast["argv"] == bench.TIME_TO_99_ARGV and len(fast["runs"]) == 2 and "tuomaso" not in results["time_to_99"]
+    assert [r["seed"] for r in fast["runs"]] == [0, 1] and all(r["train_seconds"] > 0 for r in fast["runs"])
+    assert fast["cold_compile_seconds"] > 0 and fast["std_test_accuracy"] >= 0
     assert "| lenet epoch seconds" in capsys.readouterr().out
