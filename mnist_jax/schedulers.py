@@ -106,7 +106,6 @@ def check(values: Mapping[str, Any], has_validation: bool) -> None:
 class Halving:
     """Successive halving over a trainers.Population."""
 
-    name = "halving"
     changing = ()  # no hyperparameter changes as it trains
 
     def __init__(self, population, eta: int, first_rung: int, epochs: int):
@@ -142,7 +141,6 @@ class Halving:
 class PBT:
     """Population-based training over a trainers.Population."""
 
-    name = "pbt"
 
     def __init__(self, population, interval: int, space: Mapping[str, Any], search_seed: int, epochs: int):
         self.population, self.interval, self.epochs = population, interval, epochs
