@@ -178,7 +178,7 @@ _MEMORY_FIX = ("lower --hidden or --batch-size, or train fewer members side by s
 
 def _asked(message: str | None) -> str:
     """' (asked for 1.20 GB more)' from XLA's 'trying to allocate N bytes', where it says."""
-    found = re.search(r"allocate (\d+)(?:\.\d+)? ?bytes", message or "")
+    found = re.search(r"allocat(?:e|ing) (\d+)(?:\.\d+)? ?bytes", message or "")
     return f" (asked for {int(found[1]) / 1e9:.2f} GB more)" if found else ""
 
 
@@ -237,8 +237,8 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except MemoryError:
         print(f"error: out of memory{_asked(None)}: {_MEMORY_FIX}", file=sys.stderr)
         code = 2
-    except jax.errors.JaxRuntimeError as e:
-        if "RESOURCE_EXHAUSTED" not in str(e):
+    except jax.errors.JaxRuntimeError as e:  # XLA:CPU says RESOURCE_EXHAUSTED, or INTERNAL ... Out of memory
+        if "RESOURCE_EXHAUSTED" not in str(e) and "Out of memory" not in str(e):
             raise
         print(f"error: out of memory{_asked(str(e))}: {_MEMORY_FIX}", file=sys.stderr)
         code = 2

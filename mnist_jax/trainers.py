@@ -32,8 +32,9 @@ class Single:
             raise UserError(f"--batch-size {config.batch_size} does not split over {n_devices} devices: choose a "
                             f"multiple of {n_devices}")
         mesh = Mesh(jax.devices(), (DATA_AXIS,))
-        self.config, self.member, self.hyper = config, member, settings.hyper(member)
+        self.config, self.member = config, member
         self._replicated = NamedSharding(mesh, PartitionSpec())
+        self.hyper = distributed.put(settings.hyper(member), self._replicated)  # beside the replicated state
         self._batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS)) if n_devices > 1 else None
         on_devices = distributed.put(splits, self._replicated)
         self._train = on_devices["train"]
