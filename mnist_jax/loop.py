@@ -81,10 +81,13 @@ class Fitted:
 def pieces(steps: int, members: int, member_steps: int, start: int = 0) -> list[tuple[int, int]]:
     """(first step, length) of each piece of an epoch of `members` members (on one device): at least PIECES_PER_EPOCH
     of them (fewer only for an epoch of fewer steps), more where that keeps a piece to about `member_steps` steps of
-    one member; of at most two lengths, so that at most two programs are compiled. From step `start` on: an epoch
+    one member; of one length where one divides the epoch (up to 1.5 times as many pieces), else of two, so that one
+    or two programs are compiled. From step `start` on: an epoch
     resumed where another plan stopped it (on another number of devices) first runs to this plan's next boundary."""
     count = max(PIECES_PER_EPOCH, math.ceil(steps * members / member_steps))
     length = max(1, steps // count)
+    # where a length down to 2/3 of that divides the epoch, all pieces are of it: one program to compile, not two
+    length = next((n for n in range(length, max(1, 2 * length // 3) - 1, -1) if steps % n == 0), length)
     bounds = [*range(0, steps, length), steps]
     return [(max(first, start), end - max(first, start)) for first, end in zip(bounds, bounds[1:]) if end > start]
 
