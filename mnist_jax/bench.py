@@ -162,6 +162,19 @@ def measure_compile(model: str) -> dict:
             "epoch_warm_seconds": runs[1]["epoch_compile_seconds"]}
 
 
+def epoch_in_pieces(plan, order, piece):
+    """An epoch as `train` runs it: the epoch's batch order, then each piece of `plan` by `piece(state, orders,
+    first, length) -> (state, sums)`, its sums fetched to the host after it (timed_epochs' `(state, *args) ->
+    (state one epoch on, None)`; the args are ignored)."""
+    def run(state, *args):
+        orders = order(state)
+        for first, n in plan:
+            state, sums = piece(state, orders, np.int32(first), n)
+            distributed.to_host(sums)
+        return engine.next_epoch(state), None
+    return run
+
+
 def measure_pieces(x, y, epochs: int) -> dict:
     """A LeNet epoch as one program against the same epoch in the pieces `train` runs (loop.pieces, a host sync
     after each): the cost of being able to stop within seconds. Alternated, fastest of `epochs` each."""
@@ -171,15 +184,9 @@ def measure_pieces(x, y, epochs: int) -> dict:
     whole = jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     plan = pieces(config.steps_per_epoch, 1, MODELS["lenet"].piece_member_steps)
     order = jax.jit(functools.partial(engine.epoch_order, config))
-    programs = {n: jax.jit(functools.partial(engine.train_steps, config, steps=n)).lower(
+    programs = {n: jax.jit(functools.partial(engine.train_steps, config, steps=n, guarded=False)).lower(
         state, hyper, x, y, order(state), np.int32(0)).compile() for n in {n for _, n in plan}}
-
-    def in_pieces(state, hyper, x, y):
-        orders = order(state)
-        for first, n in plan:
-            state, sums = programs[n](state, hyper, x, y, orders, np.int32(first))
-            distributed.to_host(sums)
-        return engine.next_epoch(state), None
+    in_pieces = epoch_in_pieces(plan, order, lambda s, o, first, n: programs[n](s, hyper, x, y, o, first))
 
     best = {"whole": float("inf"), "pieces": float("inf")}
     for _ in range(epochs + 1):  # the first round warms both up
@@ -204,24 +211,13 @@ def measure_guard(x, y, epochs: int) -> dict:
         order = jax.jit(trainer.order)
         programs = {n: trainer.piece(state, order(state), n) for n in {n for _, n in plan}}
         hyper = trainer.hyper
-
-        def epoch_of(way):
-            def run(state):
-                orders = order(state)
-                for first, n in plan:
-                    if way == "checked":
-                        state, sums = programs[n](state, orders, np.int32(first))
-                    else:
-                        program = programs[n].compiled if way == "unguarded" else programs[n].guarded()
-                        state, sums = program(state, hyper, x, y, orders, np.int32(first))
-                    distributed.to_host(sums)
-                return engine.next_epoch(state), None
-            return run
-
-        best = {way: float("inf") for way in ("unguarded", "checked", "every_step")}
+        ways = {"unguarded": lambda s, o, first, n: programs[n].compiled(s, hyper, x, y, o, first),
+                "checked": lambda s, o, first, n: programs[n](s, o, first),
+                "every_step": lambda s, o, first, n: programs[n].guarded()(s, hyper, x, y, o, first)}
+        best = {way: float("inf") for way in ways}
         for round_ in range(epochs + 1):  # the first round warms each up
-            for way in best:
-                seconds, state = timed_epochs(lambda s: epoch_of(way)(s), state, (), 1, warm_up=False)
+            for way, piece in ways.items():
+                seconds, state = timed_epochs(epoch_in_pieces(plan, order, piece), state, (), 1, warm_up=False)
                 best[way] = min(best[way], seconds) if round_ else best[way]
         out[model] = {**{f"{way}_epoch_seconds": seconds for way, seconds in best.items()},
                       "cost": best["checked"] / best["unguarded"] - 1,

@@ -79,12 +79,16 @@ def train_steps(config: engine.Config, shared_order: bool, vmap_chunk: int | Non
     return sharded
 
 
+def members_at(tree, indices):
+    """The members at `indices` (a gather along the member axis of every leaf)."""
+    return jax.tree.map(lambda leaf: leaf[indices], tree)
+
+
 def train_some(steps, state, hyper, x, y, orders, first, active):
     """`steps` (a `train_steps` program) for the members at indices `active` only: the others' states are carried
     through as they are, and their sums are zero. An index may repeat (padding to the device count): its copies
     compute the same."""
-    some = lambda tree: jax.tree.map(lambda leaf: leaf[active], tree)  # noqa: E731
-    trained, sums = steps(some(state), some(hyper), x, y, orders[active], first)
+    trained, sums = steps(members_at(state, active), members_at(hyper, active), x, y, orders[active], first)
     state = jax.tree.map(lambda whole, part: whole.at[active].set(part), state, trained)
     return state, jax.tree.map(lambda part: jnp.zeros(state.epoch.shape, part.dtype).at[active].set(part), sums)
 
@@ -92,9 +96,8 @@ def train_some(steps, state, hyper, x, y, orders, first, active):
 def take(state: engine.TrainState, sources: jax.Array) -> engine.TrainState:
     """Member i continues from member sources[i]'s parameters and optimizer state (and whether it diverged); its
     data-order key and epoch stay its own."""
-    copied = lambda tree: jax.tree.map(lambda leaf: leaf[sources], tree)  # noqa: E731
-    return state.replace(params=copied(state.params), opt_state=copied(state.opt_state),
-                         diverged=copied(state.diverged))
+    params, opt_state, diverged = members_at((state.params, state.opt_state, state.diverged), sources)
+    return state.replace(params=params, opt_state=opt_state, diverged=diverged)
 
 
 def evaluate(config: engine.Config):

@@ -150,8 +150,8 @@ class Population:
     def evaluate(self, state) -> dict:
         if self.active is None:
             return self._evaluate(state.params, self.hyper, self._held_out)
-        some = lambda tree: jax.tree.map(lambda leaf: leaf[self.active], tree)  # noqa: E731
-        found = distributed.to_host(self._evaluate(some(state.params), some(self.hyper), self._held_out))
+        found = distributed.to_host(self._evaluate(population.members_at(state.params, self.active),
+                                                   population.members_at(self.hyper, self.active), self._held_out))
         # the members that did not train get zeros here: the scheduler fills in their rows with their last numbers
         return jax.tree.map(lambda values: _scatter(values, self.active, len(self.members) + self.padding), found)
 

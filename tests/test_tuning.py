@@ -168,16 +168,25 @@ def test_halving_trains_only_the_members_still_going_and_leaves_the_others_untou
         assert flops(some) < 0.4 * flops(everyone)
 
 
-def halving_command(workdir, *extra):
-    return [*QUICK, "--activations", "relu,elu", "--seeds", "2", *SPACE, "--scheduler", "halving", "--eta", "2",
-            "--epochs", "4", "--workdir", workdir, *extra]
+def scheduled(scheduler, epochs, *extra):
+    """The command line of a small sweep under `scheduler`: workdir -> argv."""
+    return lambda workdir: [*QUICK, "--activations", "relu,elu", "--seeds", "2", *SPACE, "--scheduler", scheduler,
+                            "--epochs", str(epochs), *extra, "--workdir", workdir]
+
+
+def finished(tmp_path_factory, command):
+    workdir = tmp_path_factory.mktemp("sweep") / "run"
+    assert run_cli(sweep.main, *command(workdir)) == 0
+    return workdir
+
+
+halving_command = scheduled("halving", 4, "--eta", "2")
+pbt_command = scheduled("pbt", 3)
 
 
 @pytest.fixture(scope="module")
 def halving_sweep(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("halving") / "run"
-    assert run_cli(sweep.main, *halving_command(workdir)) == 0
-    return workdir
+    return finished(tmp_path_factory, halving_command)
 
 
 def test_a_halving_sweep_prunes_at_each_rung_and_selects_what_its_validation_rows_imply(halving_sweep):
@@ -218,16 +227,9 @@ def test_a_halving_sweep_killed_between_rungs_resumes_to_the_bit(halving_sweep, 
         chex.assert_trees_all_equal(load_member(copy, label)[0].state, load_member(halving_sweep, label)[0].state)
 
 
-def pbt_command(workdir):
-    return [*QUICK, "--activations", "relu,elu", "--seeds", "2", *SPACE, "--scheduler", "pbt", "--epochs", "3",
-            "--workdir", workdir]
-
-
 @pytest.fixture(scope="module")
 def pbt_sweep(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pbt") / "run"
-    assert run_cli(sweep.main, *pbt_command(workdir)) == 0
-    return workdir
+    return finished(tmp_path_factory, pbt_command)
 
 
 def test_pbt_exploit_copies_exactly_the_chosen_members_state_and_keeps_its_own_order(small_mnist):
