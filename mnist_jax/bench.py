@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import platform
+import pstats
 import re
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import cli, distributed, engine, population, records, settings
+from mnist_jax import cli, distributed, engine, population, profiling, records, settings
 from mnist_jax.data import load_bundled
 from mnist_jax.errors import UserError
 from mnist_jax.loop import pieces
@@ -251,6 +252,57 @@ def measure_serving(x, repeats: int = 20) -> dict:
     return out
 
 
+# The parts of a `python -m mnist_jax.train` command, timed by cProfile: part -> the functions (module, name) whose
+# cumulative time it is. Imports are timed apart (a fresh `import mnist_jax.train`); "other" is what is left of the
+# whole command (interpreter start, the workdir's lock and records, the metrics rows, TensorBoard events).
+COMMAND_PARTS = {
+    "data": [("cli", "load_data")],
+    "initial state (or the checkpoint to resume)": [("loop", "_resume")],
+    "compile (or load from the cache)": [("loop", "_compile")],
+    "training (the epochs' seconds)": [("loop", "_run_epoch")],
+    "evaluation (validation and test, every epoch)": [("loop", "_row")],
+    "checkpoints": [("loop", "_save_epoch")],
+    "curves.png": [("plots", "run_curves")],
+}
+# The default command whose parts are measured.
+DEFAULT_COMMAND = ["--model", "lenet"]
+
+
+def measure_command_parts(argv: Sequence[str] = DEFAULT_COMMAND) -> dict:
+    """Seconds of each COMMAND_PARTS part of `python -m mnist_jax.train ARGV` with a warm compilation cache (a
+    first run fills it), under cProfile, which adds a little to the parts that run Python; imports timed apart."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "MNIST_JAX_CACHE_DIR": str(Path(tmp) / "cache")}
+        command = ["-m", "mnist_jax.train", *argv]
+        subprocess.run([sys.executable, *command, "--workdir", str(Path(tmp) / "cold")], env=env,
+                       capture_output=True, check=True)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cProfile", "-o", str(Path(tmp) / "profile"), *command, "--workdir",
+                        str(Path(tmp) / "warm")], env=env, capture_output=True, check=True)
+        whole = time.perf_counter() - started
+        stats = pstats.Stats(str(Path(tmp) / "profile")).stats
+        summary = records.read_json(Path(tmp) / "warm" / "summary.json")
+    imports = min(_seconds_of([sys.executable, "-c", "import mnist_jax.train"]) for _ in range(2)) - \
+        min(_seconds_of([sys.executable, "-c", "pass"]) for _ in range(2))
+
+    def cumulative(module: str, name: str) -> float:
+        return sum(entry[3] for (path, _, function), entry in stats.items()
+                   if function == name and Path(path).parent.name == "mnist_jax" and Path(path).stem == module)
+
+    parts = {"imports": imports, **{part: sum(cumulative(*f) for f in functions)
+                                    for part, functions in COMMAND_PARTS.items()}}
+    parts["other"] = max(0.0, whole - sum(parts.values()))
+    training = parts["training (the epochs' seconds)"]
+    return {"argv": list(argv), "command_seconds": whole, "train_seconds": summary["train_seconds"],
+            "parts_seconds": parts, "outside_training_seconds": whole - training}
+
+
+def _seconds_of(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, capture_output=True, check=True)
+    return time.perf_counter() - started
+
+
 # Large sweeps whose epochs the host loop cuts into more than ten pieces (loop.pieces): model -> members.
 LARGE_SWEEPS = {"lenet": 60, "mlp": 75}
 
@@ -421,12 +473,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = engine.init_member(config, hyper)
     compiled = jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     results["lenet"]["lax_conv_epoch_seconds"] = timed_epochs(compiled, state, (hyper, x, y), 1)[0]
+    results["profile"] = {model: profiling.profile_step(recipe(model, len(y_np)), one_member(), x, y)
+                          for model in ("lenet", "mlp")}
     results["lenet_pieces"] = measure_pieces(x, y, args.epochs)
     results["guard"] = measure_guard(x, y, args.epochs)
     results["serving"] = measure_serving(x_np)
     results["lenet_sweep"] = measure_sweep(x, y, args.seeds)
     results["sweep_pieces"] = measure_sweep_pieces(x, y, args.epochs)
     results["compile_lenet"] = measure_compile("lenet")
+    results["command_parts"] = measure_command_parts(DEFAULT_COMMAND if args.train_limit is None else
+                                                     [*DEFAULT_COMMAND, "--train-limit", str(args.train_limit),
+                                                      "--epochs", "1"])
     results["torch"] = run_torch(args.torch_python, x_np, y_np, args.epochs)
     results["time_to_99"] = measure_time_to_99(args.torch_python, args.time_to_99_seeds, x_np, y_np, ds.x_test,
                                                ds.y_test, args.train_limit)
@@ -437,6 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
+    for profile in results["profile"].values():
+        print(f"\nwhere a step's time goes (mnist_jax.profiling):\n{profiling.table(profile)}")
+    print(f"\n{command_table(results['command_parts'])}")
     print(f"results in {args.json}")
     return 0
 
@@ -502,6 +562,17 @@ def table(r: dict) -> str:
         lines.append(f"| {model} achieved GFLOP/s (counted from the layers) | {g:.1f} | | "
                      f"{g / r['matmul_peak_gflops']:.1%} of the measured matmul peak "
                      f"({r['matmul_peak_gflops']:.0f} GFLOP/s, 2048x2048 float32) |")
+    return "\n".join(lines)
+
+
+def command_table(c: dict) -> str:
+    """A markdown table of measure_command_parts: each part's seconds and share of the whole command."""
+    lines = [f"| part of `python -m mnist_jax.train {' '.join(c['argv'])}` (warm cache) | seconds | share |",
+             "| --- | --- | --- |"]
+    for part, seconds in c["parts_seconds"].items():
+        lines.append(f"| {part} | {seconds:.2f} | {seconds / c['command_seconds']:.0%} |")
+    lines.append(f"| whole command (outside training: {c['outside_training_seconds']:.2f} s) | "
+                 f"{c['command_seconds']:.2f} | 100% |")
     return "\n".join(lines)
 
 

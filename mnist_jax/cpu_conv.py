@@ -91,6 +91,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return _max_pool_with_index(x)[0]
 
 
+@jax.named_scope("max_pool")
 def _max_pool_with_index(x: jax.Array):
     a, b, c, d = _pool_candidates(x)
     top, bottom = jnp.maximum(a, b), jnp.maximum(c, d)
@@ -107,6 +108,7 @@ def _max_pool_fwd(x):
     return pooled, index
 
 
+@jax.named_scope("max_pool")
 def _max_pool_bwd(index, d_pooled):
     height, width = index.shape[1] * 2, index.shape[2] * 2
     position = (2 * (jnp.arange(height) % 2)[:, None, None] + (jnp.arange(width) % 2)[None, :, None]).astype(jnp.int8)

@@ -166,10 +166,11 @@ def loss_and_logits(params, config: Config, hyper: Hyper, images, labels):
     """Mean cross-entropy of a batch against its labels smoothed by the member's label smoothing a (the target
     puts 1 - a on the label and a spread evenly over the ten classes), and its logits."""
     logits = apply(config, params, hyper, images)
-    labelled = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    uniform = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)  # cross-entropy against 1/10 each
-    # written so that a = 0 is the plain cross-entropy to the bit
-    return (labelled + hyper["label_smoothing"] * (uniform - labelled)).mean(), logits
+    with jax.named_scope("loss"):  # the name scopes mark the parts of a step for mnist_jax.profiling
+        labelled = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        uniform = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)  # cross-entropy against 1/10 each
+        # written so that a = 0 is the plain cross-entropy to the bit
+        return (labelled + hyper["label_smoothing"] * (uniform - labelled)).mean(), logits
 
 
 def _all_finite(tree) -> jax.Array:
@@ -182,17 +183,20 @@ def train_step(config: Config, state: TrainState, hyper: Hyper, images, labels, 
     taken whatever happens (train_steps checks the piece afterwards)."""
     (loss, logits), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(
         state.params, config, hyper, images, labels)
-    updates, opt_state = make_optimizer(config, hyper).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    with jax.named_scope("optimizer"):
+        updates, opt_state = make_optimizer(config, hyper).update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("loss"):
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     if not guarded:
         return state.replace(params=params, opt_state=opt_state), (loss, correct)
-    # the new parameters too: a huge weight decay overflows them from finite gradients
-    sound = jnp.isfinite(loss) & (loss < DIVERGENCE_LOSS) & _all_finite(grads) & _all_finite(params)
-    diverged = state.diverged | ~sound
-    keep = lambda new, old: jnp.where(diverged, old, new)  # noqa: E731
-    state = state.replace(params=jax.tree.map(keep, params, state.params),
-                          opt_state=jax.tree.map(keep, opt_state, state.opt_state), diverged=diverged)
+    with jax.named_scope("guard"):
+        # the new parameters too: a huge weight decay overflows them from finite gradients
+        sound = jnp.isfinite(loss) & (loss < DIVERGENCE_LOSS) & _all_finite(grads) & _all_finite(params)
+        diverged = state.diverged | ~sound
+        keep = lambda new, old: jnp.where(diverged, old, new)  # noqa: E731
+        state = state.replace(params=jax.tree.map(keep, params, state.params),
+                              opt_state=jax.tree.map(keep, opt_state, state.opt_state), diverged=diverged)
     return state, (loss, correct)
 
 
@@ -220,9 +224,10 @@ def train_steps(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Ar
     chex.assert_shape(x_train, (config.train_size, 28, 28))
 
     def step(state, batch_indices):
-        batch = x_train[batch_indices], y_train[batch_indices]
-        if batch_sharding is not None:
-            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        with jax.named_scope("batch"):
+            batch = x_train[batch_indices], y_train[batch_indices]
+            if batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         return train_step(config, state, hyper, *batch, guarded=guarded)
 
     frozen = state.diverged  # a member frozen before the piece must stay so: only the guarded steps keep it

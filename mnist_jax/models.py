@@ -29,7 +29,8 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 def activate(index: jax.Array, x: jax.Array) -> jax.Array:
     """Applies ACTIVATIONS[index]; `index` may be traced, so it is data, not code."""
-    return jax.lax.switch(index, [a.fn for a in ACTIVATION_REGISTRY.values()], x)
+    with jax.named_scope("activation"):
+        return jax.lax.switch(index, [a.fn for a in ACTIVATION_REGISTRY.values()], x)
 
 
 def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -39,7 +40,7 @@ def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
 
 def _lax_features(x: jax.Array, pool_and_activate: Callable, dtype: jnp.dtype) -> jax.Array:
     """The standard form: NHWC `nn.Conv` and `nn.max_pool`, what GPUs and TPUs are built for."""
-    pool = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2))  # noqa: E731
+    pool = jax.named_scope("max_pool")(lambda y: nn.max_pool(y, (2, 2), strides=(2, 2)))
     x = pool_and_activate(pool, nn.Conv(6, (5, 5), padding="SAME", dtype=dtype)(x[..., None]))
     x = pool_and_activate(pool, nn.Conv(16, (5, 5), padding="VALID", dtype=dtype)(x))
     return x.reshape(x.shape[0], -1)

@@ -32,4 +32,11 @@ def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
     assert fast["argv"] == bench.TIME_TO_99_ARGV and len(fast["runs"]) == 2 and "tuomaso" not in results["time_to_99"]
     assert [r["seed"] for r in fast["runs"]] == [0, 1] and all(r["train_seconds"] > 0 for r in fast["runs"])
     assert fast["cold_compile_seconds"] > 0 and fast["std_test_accuracy"] >= 0
-    assert "| lenet epoch seconds" in capsys.readouterr().out
+    for model, layers in (("lenet", {"conv1", "conv2", "dense", "pooling"}), ("mlp", {"dense"})):
+        profile = results["profile"][model]
+        assert layers | {"optimizer", "activations"} <= set(profile["parts_us"]) and profile["step_us"] > 0
+    parts = results["command_parts"]["parts_seconds"]
+    assert set(parts) == {"imports", *bench.COMMAND_PARTS, "other"}
+    assert all(seconds > 0 for part, seconds in parts.items() if part != "other")  # each part's functions found
+    out = capsys.readouterr().out
+    assert "| lenet epoch seconds" in out and "| conv1 |" in out and "| curves.png |" in out
