@@ -307,10 +307,11 @@ def _seconds_of(command: list[str]) -> float:
 LARGE_SWEEPS = {"lenet": 60, "mlp": 75}
 
 
-def measure_sweep_pieces(x, y, rounds: int) -> dict:
+def measure_sweep_pieces(x, y, rounds: int, fit: bool = True) -> dict:
     """What the pieces beyond ten of a large sweep's epoch cost (the loop adds them so that the bar moves within
     seconds). Pieces of 1, 2 and 4 times the plan's length are timed interleaved (fastest of `rounds`) and fitted as
-    seconds = fixed + per_step * length; the cost is the extra pieces' fixed part against a ten-piece epoch."""
+    seconds = fixed + per_step * length; the cost is the extra pieces' fixed part against a ten-piece epoch. Without
+    `fit` (a smoke run) only the plan's piece is timed."""
     results = {}
     for model, count in LARGE_SWEEPS.items():
         config = recipe(model, len(y))
@@ -323,7 +324,7 @@ def measure_sweep_pieces(x, y, rounds: int) -> dict:
         train = population.train_steps(config, False, population.default_vmap_chunk(), mesh)
         plan = pieces(steps, count, MODELS[model].piece_member_steps)
         length = max(n for _, n in plan)
-        lengths = sorted({min(k * length, steps) for k in (1, 2, 4)})
+        lengths = sorted({min(k * length, steps) for k in ((1, 2, 4) if fit else (1,))})
         programs = {n: jax.jit(functools.partial(train, steps=n)).lower(
             state, hyper, x, y, orders, np.int32(0)).compile() for n in lengths}
         best = dict.fromkeys(lengths, float("inf"))
@@ -334,11 +335,13 @@ def measure_sweep_pieces(x, y, rounds: int) -> dict:
                 distributed.to_host(sums)
                 seconds = time.perf_counter() - started
                 best[n] = min(best[n], seconds) if round_ else best[n]
-        per_step, fixed = np.polyfit(lengths, [best[n] for n in lengths], 1) if len(lengths) > 1 else (0.0, 0.0)
         ten = len(pieces(steps, 1, steps))
         results[model] = {"members": count, "pieces": len(plan), "ten_pieces": ten, "piece_length": length,
-                          "piece_seconds": best[length], "fixed_seconds_per_piece": float(fixed),
-                          "cost": float((len(plan) - ten) * fixed / (ten * fixed + steps * per_step))}
+                          "piece_seconds": best[length]}
+        if len(lengths) > 1:
+            per_step, fixed = np.polyfit(lengths, [best[n] for n in lengths], 1)
+            results[model].update(fixed_seconds_per_piece=float(fixed),
+                                  cost=float((len(plan) - ten) * fixed / (ten * fixed + steps * per_step)))
     return results
 
 
@@ -479,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["guard"] = measure_guard(x, y, args.epochs)
     results["serving"] = measure_serving(x_np)
     results["lenet_sweep"] = measure_sweep(x, y, args.seeds)
-    results["sweep_pieces"] = measure_sweep_pieces(x, y, args.epochs)
+    results["sweep_pieces"] = measure_sweep_pieces(x, y, args.epochs, fit=args.train_limit is None)
     results["compile_lenet"] = measure_compile("lenet")
     results["command_parts"] = measure_command_parts(DEFAULT_COMMAND if args.train_limit is None else
                                                      [*DEFAULT_COMMAND, "--train-limit", str(args.train_limit),
@@ -529,6 +532,8 @@ def table(r: dict) -> str:
                      f"1,000 images ms | {v[f'{name}_one_image_ms']:.2f} / {v[f'{name}_batch_1000_ms']:.1f} | | "
                      f"{v[f'{name}_images_per_second']:,.0f} images/s |")
     for model, p in r["sweep_pieces"].items():
+        if "cost" not in p:
+            continue
         lines.append(f"| {model} sweep of {p['members']}: {p['pieces']} pieces of {p['piece_length']} steps an epoch, "
                      f"not {p['ten_pieces']}: seconds a piece, of them fixed | {p['piece_seconds']:.2f}, "
                      f"{p['fixed_seconds_per_piece']:.3f} | | {p['cost']:+.1%} of an epoch |")

@@ -1,5 +1,6 @@
-"""Where a training step's time goes: one traced epoch of a single member, its wall time shared out to the parts of
-the step (the layers, pooling, activations, loss, optimizer, batch gathering).
+"""`python -m mnist_jax.profiling`: where a training step's time goes, for the same settings as `train` (e.g.
+`--model lenet --batch-size 256`): one traced epoch of the run's member, its wall time shared out to the parts of the
+step (the layers, pooling, activations, loss, optimizer, batch gathering), printed as a table.
 
 The compiled program's instructions are timed by `jax.profiler` (XLA:CPU records every instruction it runs); each
 instant of wall time is shared equally among the instructions running then, and each instruction belongs to the part
@@ -15,11 +16,11 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import jax
-import numpy as np
 
-from mnist_jax import engine
+from mnist_jax import cli, engine, settings
 
 # The parts of a step, in the order they are reported: name -> what its instructions' HLO op_name contains (the
 # first part that matches wins; an instruction that matches none is "other": the loop, the epoch's order, copies).
@@ -133,3 +134,19 @@ def table(profile: dict) -> str:
     lines.append(f"| whole step (untraced; traced {profile['traced_step_us']:.0f} µs) | {total:.0f} | 100% |")
     return "\n".join(lines)
 
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.Parser(prog="python -m mnist_jax.profiling", description=__doc__.split(":", 1)[1].split("\n")[0])
+    cli.add_settings(parser, "train")
+    values = cli.parse(parser, argv)
+    cli.start(values)
+    _, splits, _ = cli.load_data(values)
+    config = settings.config(values, len(splits["train"][1]))
+    profile = profile_step(config, settings.hyper(settings.member(values, config)), *jax.device_put(splits["train"]))
+    print(table(profile))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -6,6 +6,8 @@ import pytest
 
 from mnist_jax import bench, engine, profiling
 
+from conftest import run_cli
+
 
 def test_wall_time_is_shared_among_the_instructions_running_at_once():
     shares, busy = profiling.wall_shares([(0, 10, "a"), (5, 15, "b"), (20, 30, "a")])
@@ -29,3 +31,10 @@ def test_every_matmul_of_a_step_belongs_to_its_layer_and_the_optimizer_and_loss_
     assert layers <= {parts[d] for d in dots}
     assert {"optimizer", "loss", "guard", "activations", "batch"} <= set(parts.values())
     assert model == "mlp" or "pooling" in set(parts.values())
+
+
+def test_the_profiling_command_prints_the_parts_of_the_step_of_the_settings_given(capsys):
+    assert run_cli(profiling.main, "--model", "mlp", "--hidden", "32", "--train-limit", "512",
+                   "--batch-size", "64") == 0
+    out = capsys.readouterr().out
+    assert "| mlp step part |" in out and "| dense |" in out and "| optimizer |" in out and "whole step" in out
