@@ -3,7 +3,7 @@
 # split only (5,000 training images held out), never on the test set. First a broad quasi-random search over
 # learning rate, b1 and weight decay for 2 epochs of batch 256 under the one-cycle schedule; then, around its best
 # cell (lr 0.012, b1 0.85, weight decay 0.0145, for ELU and ReLU), the epochs and batch size that training time
-# depends on. Results land in experiments/time_to_99/<sweep>/.
+# depends on, down to a single epoch. Results land in experiments/time_to_99/<sweep>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run() {
@@ -18,4 +18,9 @@ for cfg in "2 128" "3 256" "2 256"; do
   set -- $cfg
   run "fast-e$1-b$2" --epochs "$1" --batch-size "$2" --activations elu,relu --lrs 0.008,0.012,0.016 --b1s 0.85 \
     --weight-decays 0.0145 --seeds 3
+done
+# one epoch, at the batch sizes whose epoch is as fast as 128's (64) or is 128: is a single pass enough?
+for batch in 64 128; do
+  run "fast-e1-b$batch" --epochs 1 --batch-size "$batch" --activations elu,relu --lrs 0.005,0.008,0.012,0.018 \
+    --b1s 0.85 --weight-decays 0.0145 --seeds 3
 done
