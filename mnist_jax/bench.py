@@ -311,12 +311,9 @@ def measure_command_parts(argv: Sequence[str] = DEFAULT_COMMAND) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "MNIST_JAX_CACHE_DIR": str(Path(tmp) / "cache")}
         command = ["-m", "mnist_jax.train", *argv]
-        subprocess.run([sys.executable, *command, "--workdir", str(Path(tmp) / "cold")], env=env,
-                       capture_output=True, check=True)
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cProfile", "-o", str(Path(tmp) / "profile"), *command, "--workdir",
-                        str(Path(tmp) / "warm")], env=env, capture_output=True, check=True)
-        whole = time.perf_counter() - started
+        _seconds_of([sys.executable, *command, "--workdir", str(Path(tmp) / "cold")], env)
+        whole = _seconds_of([sys.executable, "-m", "cProfile", "-o", str(Path(tmp) / "profile"), *command,
+                             "--workdir", str(Path(tmp) / "warm")], env)
         stats = pstats.Stats(str(Path(tmp) / "profile")).stats
         summary = records.read_json(Path(tmp) / "warm" / "summary.json")
     imports = min(_seconds_of([sys.executable, "-c", "import mnist_jax.train"]) for _ in range(2)) - \
@@ -334,9 +331,12 @@ def measure_command_parts(argv: Sequence[str] = DEFAULT_COMMAND) -> dict:
             "parts_seconds": parts, "outside_training_seconds": whole - training}
 
 
-def _seconds_of(command: list[str]) -> float:
+def _seconds_of(command: list[str], env: dict | None = None) -> float:
+    """Seconds `command` ran; a failure is a UserError with its last line."""
     started = time.perf_counter()
-    subprocess.run(command, capture_output=True, check=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise UserError(f"{' '.join(command[1:4])} failed: {done.stderr.strip().splitlines()[-1:]}")
     return time.perf_counter() - started
 
 
