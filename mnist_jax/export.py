@@ -20,8 +20,8 @@ import numpy as np
 
 from mnist_jax import checkpoint, cli, engine, metrics, records, report, settings
 from mnist_jax.errors import UserError, first_line
-from mnist_jax.workdir import (Layout, TrainedModel, checkpoint_used, load_member, load_model, prepare_workdir,
-                               read_metrics, read_sweep, run_record)
+from mnist_jax.workdir import (Layout, TrainedModel, checkpoint_used, load_member, load_model, model_input,
+                               prepare_workdir, read_metrics, read_sweep, run_record)
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -47,11 +47,7 @@ class ExportedModel:
         self.path = path
 
     def predict(self, images) -> np.ndarray:
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise UserError(f"images must be uint8 of shape (N, 28, 28), not {images.dtype} {images.shape}: "
-                            "prepare files with mnist_jax.predict.mnist_like")
-        return np.asarray(self._exported.call(images))
+        return np.asarray(self._exported.call(model_input(images)))
 
 
 def parse_args(argv):

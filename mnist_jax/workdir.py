@@ -304,13 +304,19 @@ class TrainedModel:
 
     def predict(self, images) -> np.ndarray:
         """Logits (N, 10) of uint8 images (N, 28, 28), white digits on black as in MNIST."""
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise UserError(f"images must be uint8 of shape (N, 28, 28), not {images.dtype} {images.shape}: "
-                            "prepare files with mnist_jax.predict.mnist_like")
+        images = model_input(images)
         # a few images are one small batch, not a padded batch of eval_batch_size
         size = max(1, min(len(images), self.config.eval_batch_size))
         return np.asarray(_predict_logits(self.config, self.state.params, self.hyper, images, size))
+
+
+def model_input(images) -> np.ndarray:
+    """`images` as the array a model predicts from (uint8, (N, 28, 28)); anything else is a one-line UserError."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise UserError(f"images must be uint8 of shape (N, 28, 28), not {images.dtype} {images.shape}: "
+                        "prepare files with mnist_jax.predict.mnist_like")
+    return images
 
 
 def _open_for_reading(workdir: Path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import export, predict, train
+from mnist_jax.errors import UserError
 from mnist_jax.workdir import load_model
 
 from conftest import one_line_error, run_cli
@@ -32,6 +33,8 @@ def test_an_exported_model_predicts_the_same_classes_as_its_workdir_on_the_test_
     assert (from_file.argmax(1) == from_workdir.argmax(1)).all()
     # any batch size, one image included
     np.testing.assert_allclose(export.ExportedModel(path).predict(images[:1]), from_workdir[:1], rtol=1e-4, atol=1e-4)
+    with pytest.raises(UserError, match="uint8 of shape"):  # the file takes what the workdir's model takes
+        export.ExportedModel(path).predict(images[:4].astype(np.float32))
 
 
 def test_the_file_runs_with_jax_alone(lenet, tmp_path, mnist):
