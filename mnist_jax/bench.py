@@ -183,6 +183,16 @@ def compile_probe(model: str) -> dict:
     return {"compile_seconds": time.perf_counter() - started, "epoch_compile_seconds": epoch_seconds}
 
 
+def _run(command: list[str], env: dict | None = None) -> tuple[str, float]:
+    """(stdout, seconds) of `command`, one of this package's Python processes; a failure is a UserError with the
+    last line it printed on stderr."""
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise UserError(f"{' '.join(command[1:4])} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout, time.perf_counter() - started
+
+
 def measure_compile(model: str) -> dict:
     """Cold (empty persistent cache) and warm (cache filled by the cold run) compile seconds, fresh processes.
 
@@ -192,8 +202,7 @@ def measure_compile(model: str) -> dict:
         env = {**os.environ, "MNIST_JAX_CACHE_DIR": cache}
         runs = []
         for _ in range(2):
-            out = subprocess.run([sys.executable, "-m", "mnist_jax.bench", "--compile-probe", model], env=env,
-                                 capture_output=True, text=True, check=True).stdout
+            out, _ = _run([sys.executable, "-m", "mnist_jax.bench", "--compile-probe", model], env)
             runs.append(json.loads(out.strip().splitlines()[-1]))
     return {"cold_seconds": runs[0]["compile_seconds"], "warm_seconds": runs[1]["compile_seconds"],
             "epoch_cold_seconds": runs[0]["epoch_compile_seconds"],
@@ -311,13 +320,13 @@ def measure_command_parts(argv: Sequence[str] = DEFAULT_COMMAND) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "MNIST_JAX_CACHE_DIR": str(Path(tmp) / "cache")}
         command = ["-m", "mnist_jax.train", *argv]
-        _seconds_of([sys.executable, *command, "--workdir", str(Path(tmp) / "cold")], env)
-        whole = _seconds_of([sys.executable, "-m", "cProfile", "-o", str(Path(tmp) / "profile"), *command,
-                             "--workdir", str(Path(tmp) / "warm")], env)
+        _run([sys.executable, *command, "--workdir", str(Path(tmp) / "cold")], env)
+        _, whole = _run([sys.executable, "-m", "cProfile", "-o", str(Path(tmp) / "profile"), *command,
+                         "--workdir", str(Path(tmp) / "warm")], env)
         stats = pstats.Stats(str(Path(tmp) / "profile")).stats
         summary = records.read_json(Path(tmp) / "warm" / "summary.json")
-    imports = min(_seconds_of([sys.executable, "-c", "import mnist_jax.train"]) for _ in range(2)) - \
-        min(_seconds_of([sys.executable, "-c", "pass"]) for _ in range(2))
+    imports = min(_run([sys.executable, "-c", "import mnist_jax.train"])[1] for _ in range(2)) - \
+        min(_run([sys.executable, "-c", "pass"])[1] for _ in range(2))
 
     def cumulative(module: str, name: str) -> float:
         return sum(entry[3] for (path, _, function), entry in stats.items()
@@ -329,15 +338,6 @@ def measure_command_parts(argv: Sequence[str] = DEFAULT_COMMAND) -> dict:
     training = parts["training (the epochs' seconds)"]
     return {"argv": list(argv), "command_seconds": whole, "train_seconds": summary["train_seconds"],
             "parts_seconds": parts, "outside_training_seconds": whole - training}
-
-
-def _seconds_of(command: list[str], env: dict | None = None) -> float:
-    """Seconds `command` ran; a failure is a UserError with its last line."""
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise UserError(f"{' '.join(command[1:4])} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return time.perf_counter() - started
 
 
 # Large sweeps whose epochs the host loop cuts into more than ten pieces (loop.pieces): model -> members.
@@ -423,14 +423,10 @@ def measure_time_to_99(torch_python: str | None, seeds: int, train_images, train
 
         def train(seed: int, name: str) -> dict:
             workdir = Path(tmp) / name
-            started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "mnist_jax.train", *argv, "--seed", str(seed),
-                                   "--workdir", str(workdir)], env=env, capture_output=True, text=True)
-            command_seconds = time.perf_counter() - started
-            if done.returncode:
-                raise UserError(f"the time-to-99 run failed: {done.stderr.strip().splitlines()[-1:]}")
+            stdout, command_seconds = _run([sys.executable, "-m", "mnist_jax.train", *argv, "--seed", str(seed),
+                                            "--workdir", str(workdir)], env)
             summary = records.read_json(workdir / "summary.json")
-            compiled = float(re.search(r"pieces in ([0-9.]+) s", done.stdout).group(1))
+            compiled = float(re.search(r"pieces in ([0-9.]+) s", stdout).group(1))
             return {"seed": seed, "test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"],
                     "command_seconds": command_seconds, "compile_seconds": compiled}
 
@@ -574,14 +570,15 @@ def table(r: dict) -> str:
     for name, entry in t.items():
         if isinstance(entry, dict):
             what = "mnist_jax fast recipe (" + " ".join(entry["argv"]) + ")" if name == "mnist_jax" else entry["recipe"]
+            whole = entry.get("mean_command_seconds", entry.get("mean_run_seconds", 0))  # PyTorch's: its run
             lines.append(f"| time to 99%: {what}, {len(entry['runs'])} runs: test accuracy, training seconds "
                          f"(whole command) | {entry['mean_test_accuracy']:.2%} ± {entry['std_test_accuracy']:.2%}, "
-                         f"{entry['mean_train_seconds']:.2f} s ({entry.get('mean_command_seconds', entry.get('mean_run_seconds', 0)):.2f} s) | | |")
+                         f"{entry['mean_train_seconds']:.2f} s ({whole:.2f} s) | | |")
     if "train_seconds_ratio" in t:
         lines.append(f"| time to 99%: mnist_jax training time / tuomaso's | | | {t['train_seconds_ratio']:.2f}x |")
     m = t["mnist_jax"]
-    lines.append(f"| time to 99%: mnist_jax compile seconds, cold / warm (first seed) | {m['cold_compile_seconds']:.2f} / "
-                 f"{m['runs'][0]['compile_seconds']:.2f} | | |")
+    lines.append(f"| time to 99%: mnist_jax compile seconds, cold / warm (first seed) | "
+                 f"{m['cold_compile_seconds']:.2f} / {m['runs'][0]['compile_seconds']:.2f} | | |")
     c = r["compile_lenet"]
     lines.append(f"| lenet epoch program compile seconds (added to epoch 1), cold / cached | "
                  f"{c['epoch_cold_seconds']:.2f} / {c['epoch_warm_seconds']:.2f} | | |")
