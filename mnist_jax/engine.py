@@ -214,9 +214,10 @@ def train_steps(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Ar
     an epoch, so that the host can stop, save or report between pieces. `order` is the epoch's `epoch_order`,
     computed once per epoch rather than once per piece. Returns the state (its epoch count not yet advanced) and the
     piece's summed batch loss, number of correct predictions and `sound`: whether the member had not diverged
-    before, every step's loss was finite and below DIVERGENCE_LOSS, and the state ends finite. Unguarded (`guarded=False`) the steps skip the per-step check
-    and freeze, which costs the MLP about a fifth of its step; a piece that ends not sound is then run again guarded
-    from its start (trainers.Program), which gives exactly what guarding every step gives.
+    before, every step's loss was finite and below DIVERGENCE_LOSS, and the state ends finite. Unguarded
+    (`guarded=False`) the steps skip the per-step check and freeze, which costs the MLP about a fifth of its step; a
+    piece that ends not sound is then run again guarded from its start (trainers.Program), which gives exactly what
+    guarding every step gives.
 
     With `batch_sharding` each batch is split over the devices of a data-parallel mesh (parameters replicated, so
     XLA sums the gradients across devices); without it nothing is annotated and one device runs it all.

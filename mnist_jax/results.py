@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from mnist_jax import plots, records, settings
-from mnist_jax.metrics import PARENT, PRUNED, SELECTION, metric_columns, plural
+from mnist_jax.metrics import PARENT, PRUNED, SELECTION, metric_columns
 from mnist_jax.workdir import Layout
 
 THRESHOLDS = (0.99, 0.98)  # epochs to reach these validation accuracies measure convergence
@@ -352,9 +352,8 @@ def markdown(summary: list[dict], selection: list[dict], pairs: list[dict], memb
                   "Paired differences of final test accuracy at each learning rate (same seeds), with 95% t "
                   "confidence intervals:", "", *_pairs_table(pairs), "", RULE]
     if strategy["scheduler"] == "halving":
-        lines += ["", "Successive halving: how many cells of each activation trained on after each rung (0: the start):",
-                  "",
-                  *_rungs(members, strategy["rungs"])]
+        lines += ["", "Successive halving: how many cells of each activation trained on after each rung "
+                  "(0: the start):", "", *_rungs(members, strategy["rungs"])]
     fixed = {n: members[0][n] for n in cell_names(members) if n != "activation" and n not in shown}
     if fixed and (strategy["scheduler"] != "none" or strategy["sampler"] != "grid" or shown != ["lr"]):
         lines += ["", f"Every cell shares {cell_text(fixed)}."]

@@ -141,7 +141,6 @@ class Halving:
 class PBT:
     """Population-based training over a trainers.Population."""
 
-
     def __init__(self, population, interval: int, space: Mapping[str, Any], search_seed: int, epochs: int):
         self.population, self.interval, self.epochs = population, interval, epochs
         self.space, self.search_seed = searched(space), search_seed
