@@ -21,6 +21,7 @@ from typing import Sequence
 import jax
 
 from mnist_jax import cli, engine, settings
+from mnist_jax.errors import UserError
 
 # The parts of a step, in the order they are reported: name -> what its instructions' HLO op_name contains (the
 # first part that matches wins; an instruction that matches none is "other": the loop, the epoch's order, copies).
@@ -80,8 +81,10 @@ def wall_shares(intervals) -> tuple[dict[str, float], float]:
 def traced_intervals(trace_dir: Path, names) -> list[tuple[int, int, str]]:
     """The (start, end, instruction) of every event in the trace under `trace_dir` that is an instruction in
     `names`."""
-    (xplane,) = sorted(trace_dir.rglob("*.xplane.pb"))[-1:]
-    profile = jax.profiler.ProfileData.from_file(str(xplane))
+    traces = sorted(trace_dir.rglob("*.xplane.pb"))
+    if not traces:
+        raise UserError(f"jax.profiler wrote no trace under {trace_dir}: is another profiler trace running?")
+    profile = jax.profiler.ProfileData.from_file(str(traces[-1]))
     return [(event.start_ns, event.start_ns + event.duration_ns, event.name)
             for plane in profile.planes for line in plane.lines for event in line.events if event.name in names]
 
@@ -89,7 +92,8 @@ def traced_intervals(trace_dir: Path, names) -> list[tuple[int, int, str]]:
 def profile_step(config: engine.Config, hyper: engine.Hyper, x, y, steps: int | None = None,
                  guarded: bool = False) -> dict:
     """Microseconds per step of each part of `config`'s training step (one member, `steps` steps of an epoch, the
-    default a whole one), untraced step time shared out by the traced shares; with the traced and untraced step."""
+    default a whole one), untraced step time shared out by the traced shares; with the traced and untraced step.
+    `guarded` profiles the step with its per-step check instead (what a piece that went wrong runs again)."""
     steps = steps or config.steps_per_epoch
 
     def run(state):
