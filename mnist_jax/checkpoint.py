@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metr
 @contextlib.contextmanager
 def _quiet_unless_ok():
     """Holds back stderr and the absl and asyncio loggers for the block: replayed if it succeeds, dropped if it
-    raises. After a failure the two loggers stay quiet, and so do the warnings of the write's abandoned coroutines:
-    Orbax's threads and asyncio report the same failure again later, while the caller is saying it in one line and
-    ending."""
+    raises. After a failure the two loggers stay quiet, and so do the warnings of the write's abandoned coroutines
+    and the late calls of its TensorStore threads into Orbax's closed event loop (`_drop_late_reports`): they report
+    the same failure again later, while the caller is saying it in one line and ending."""
     sys.stderr.flush()
     saved = os.dup(2)
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
@@ -97,6 +98,7 @@ def _quiet_unless_ok():
             # The write's coroutines that never ran are reported when the interpreter ends: the same failure again.
             warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
             gc.collect()
+            _drop_late_reports()
             raise
         finally:
             sys.stderr.flush()
@@ -109,6 +111,32 @@ def _quiet_unless_ok():
                 text = held.read().decode(errors="replace")
                 if text:
                     sys.stderr.write(text)
+
+
+def _closed_loop(error: BaseException | None) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _drop_late_reports() -> None:
+    """From now on, drops the reports of 'RuntimeError: Event loop is closed', whichever hook Python reports them with
+    (an unraisable exception, one in a thread, one printed from native code): after a failed save, the abandoned
+    write's TensorStore threads go on calling back into Orbax's event loop, now closed, each with a traceback that
+    would land after the one-line error. Every other error is reported as before."""
+    unraisable, in_thread, uncaught = sys.unraisablehook, threading.excepthook, sys.excepthook
+
+    def unraisable_hook(report):
+        if not _closed_loop(report.exc_value):
+            unraisable(report)
+
+    def thread_hook(report):
+        if not _closed_loop(report.exc_value):
+            in_thread(report)
+
+    def uncaught_hook(kind, error, traceback):
+        if not _closed_loop(error):
+            uncaught(kind, error, traceback)
+
+    sys.unraisablehook, threading.excepthook, sys.excepthook = unraisable_hook, thread_hook, uncaught_hook
 
 
 def discard_partial(manager: ocp.CheckpointManager, step: int) -> None:

@@ -1,4 +1,9 @@
-"""Orbax checkpoints: round trip, what is kept, and a damaged step named in the error."""
+"""Orbax checkpoints: round trip, what is kept, a damaged step named in the error, a failed save kept quiet."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import chex
 import jax
@@ -12,6 +17,7 @@ from conftest import make_config, make_hyper
 
 CONFIG = make_config("mlp", hidden=(16,), batch_size=32, epochs=2, train_size=256)
 HYPER = make_hyper("elu", 1e-3, 7)
+ROOT = Path(__file__).resolve().parents[1]
 ONE_DEVICE = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
@@ -50,3 +56,39 @@ def test_a_damaged_step_is_named_in_the_error(tmp_path):
     with pytest.raises(UserError, match="checkpoint step 1 .* corrupted"):
         checkpoint.restore(manager, 1, abstract_member(CONFIG, HYPER, ONE_DEVICE))
     manager.close()
+
+
+LATE_CALLS = """
+import asyncio, shutil, sys, threading
+from pathlib import Path
+from mnist_jax import checkpoint, engine
+from conftest import make_config, make_hyper
+run = Path(sys.argv[1])
+manager = checkpoint.open_manager(run)
+shutil.rmtree(run)
+run.write_text("a file where the checkpoints folder was")
+try:
+    checkpoint.save(manager, 1, engine.init_member(make_config(), make_hyper()), {}, {checkpoint.BEST_METRIC: 0.5})
+except Exception:
+    print("save failed", file=sys.stderr)
+def late_call(message):  # what TensorStore's threads do after the write they served was abandoned
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        e.args = (message,)
+        raise
+for message in ("Event loop is closed", "something else"):
+    thread = threading.Thread(target=late_call, args=(message,))
+    thread.start()
+    thread.join()
+"""
+
+
+def test_after_a_failed_save_the_abandoned_writes_late_closed_loop_errors_stay_quiet(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    done = subprocess.run([sys.executable, "-c", LATE_CALLS, str(tmp_path / "run")], env=env, capture_output=True,
+                          text=True)
+    assert done.stderr.startswith("save failed\n"), done.stderr
+    assert "RuntimeError: Event loop is closed" not in done.stderr and "RuntimeError: something else" in done.stderr, done.stderr
