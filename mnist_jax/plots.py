@@ -6,13 +6,17 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
 from mnist_jax.metrics import PRUNED, SELECTION, SPLITS
 
-matplotlib.use("Agg")  # file-only: every figure here is written to PNG, none shown
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+def _figure(figsize: tuple[float, float]):
+    """A figure drawn off-screen, for a PNG file (no pyplot: no window, no global state). matplotlib is imported on
+    first use: it takes a second or more to import on a slow CPU, which commands that draw nothing (predict, export,
+    a run stopped before its end) do not pay."""
+    from matplotlib.figure import Figure
+    return Figure(figsize=figsize)
 
 
 def _band(ax, x, values: np.ndarray, label: str) -> None:
@@ -24,7 +28,8 @@ def _band(ax, x, values: np.ndarray, label: str) -> None:
 def run_curves(path: Path, title: str, rows: list[dict]) -> None:
     """A single run's loss (log axis) and accuracy against epoch, for train, validation and test."""
     epochs = [row["epoch"] for row in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = _figure((11, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for split in SPLITS:
             if f"{split}_{metric}" in rows[0]:
@@ -37,7 +42,6 @@ def run_curves(path: Path, title: str, rows: list[dict]) -> None:
     fig.suptitle(f"{title}: train (as trained, over the epoch's batches), validation and test", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def diverged_points(final: list[dict]) -> list[tuple[str, float, float]]:
@@ -54,7 +58,8 @@ def sweep_curves(learning_curves: Path, validation_vs_lr: Path, rows: list[dict]
     figures; returns each written file's name and its title."""
     has_val = SELECTION in rows[0]["members"][0]
     accuracy = SELECTION if has_val else "test_accuracy"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = _figure((11, 4))
+    axes = fig.subplots(1, 2)
     for label, idx in groups:
         for ax, metric in zip(axes, (accuracy, "train_loss")):
             # a member that stopped training (successive halving) ends its curve where it stopped
@@ -73,10 +78,10 @@ def sweep_curves(learning_curves: Path, validation_vs_lr: Path, rows: list[dict]
     fig.suptitle(titles[learning_curves.name], fontsize=10)
     fig.tight_layout()
     fig.savefig(learning_curves, dpi=110)
-    plt.close(fig)
     if has_val:
         final = rows[-1]["members"]
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = _figure((6, 4))
+        ax = fig.subplots()
         for activation in dict.fromkeys(m["activation"] for m in final):
             lrs = sorted(dict.fromkeys(m["lr"] for m in final if m["activation"] == activation))
             values = [[m[SELECTION] for m in final if (m["activation"], m["lr"]) == (activation, lr)] for lr in lrs]
@@ -94,16 +99,18 @@ def sweep_curves(learning_curves: Path, validation_vs_lr: Path, rows: list[dict]
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(validation_vs_lr, dpi=110)
-        plt.close(fig)
     return titles
 
 
 def lineages(path: Path, rows: list[dict], names: list[str], title: str = "") -> dict[str, str]:
     """Population-based training: each member's hyperparameters over the epochs, one panel per hyperparameter,
     a line per member coloured by activation. Returns the file's name and its title."""
+    import matplotlib  # on first use, as in _figure
+
     activations = list(dict.fromkeys(m["activation"] for m in rows[0]["members"]))
-    colours = dict(zip(activations, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 4), squeeze=False)
+    fig = _figure((5 * max(1, len(names)), 4))
+    colours = dict(zip(activations, matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]))
+    axes = fig.subplots(1, max(1, len(names)), squeeze=False)
     epochs = [row["epoch"] for row in rows]
     for ax, name in zip(axes[0], names):
         for i, m in enumerate(rows[0]["members"]):
@@ -118,12 +125,12 @@ def lineages(path: Path, rows: list[dict], names: list[str], title: str = "") ->
     fig.suptitle(heading, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return {path.name: heading}
 
 
 def confusion_matrix(matrix, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    fig = _figure((6.4, 5.6))
+    ax = fig.subplots()
     shown = np.log1p(matrix)
     ax.imshow(shown, cmap="Blues")
     for t in range(10):
@@ -134,7 +141,6 @@ def confusion_matrix(matrix, path: Path, title: str) -> None:
     ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def confident_errors(images, labels, predicted, confidence, path: Path, count: int) -> int:
@@ -143,7 +149,8 @@ def confident_errors(images, labels, predicted, confidence, path: Path, count: i
     worst = wrong[np.argsort(-confidence[wrong])][:count]
     columns = 5
     rows = max(1, -(-len(worst) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    fig = _figure((columns * 1.6, rows * 1.8))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, worst):
@@ -152,5 +159,4 @@ def confident_errors(images, labels, predicted, confidence, path: Path, count: i
     fig.suptitle("most confidently wrong: true -> predicted (probability)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return len(worst)
