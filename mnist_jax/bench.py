@@ -480,8 +480,10 @@ def run_torch(python: str | None, x, y, epochs: int = 1, test=None, seeds: int |
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Programs compiled here are kept in the compilation cache like train's, so that the parts that compile the
+    # same program, and a second run, load it; the compile-time figures come from processes with caches of their own.
+    cli.enable_compile_cache(True)
     if args.compile_probe:
-        cli.enable_compile_cache(True)
         print(json.dumps(compile_probe(args.compile_probe)))
         return 0
 
