@@ -226,14 +226,26 @@ def test_a_read_only_workdir_reports_a_finished_run_and_evaluate_writes_elsewher
     assert "Read-only file system" in last_error_line(capsys)
 
 
+SIGNALLED = [sys.executable, "-m", "mnist_jax.sweep", "--model", "lenet", "--activations", "elu,relu", "--seeds", "1",
+             "--epochs", "2", "--train-limit", "16384", "--test-limit", "500", "--validation-size", "500"]
+
+
+@pytest.fixture(scope="module")
+def straight_sweep(tmp_path_factory):
+    """The sweep the signal tests stop, run straight through once."""
+    workdir = tmp_path_factory.mktemp("signals") / "straight"
+    subprocess.run([*SIGNALLED, "--workdir", str(workdir)], env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
+                   capture_output=True)
+    return workdir
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_mid_epoch_stops_within_seconds_and_the_same_command_resumes_to_the_bit(stop, tmp_path):
-    argv = [sys.executable, "-m", "mnist_jax.sweep", "--model", "lenet", "--activations", "elu,relu", "--seeds", "1",
-            "--epochs", "2", "--train-limit", "16384", "--test-limit", "500", "--validation-size", "500"]
+def test_a_signal_mid_epoch_stops_within_seconds_and_the_same_command_resumes_to_the_bit(stop, straight_sweep,
+                                                                                       tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     out = tmp_path / "out.txt"
     with open(out, "w") as stdout:
-        process = subprocess.Popen([*argv, "--workdir", str(tmp_path / "stopped")], env=env, stdout=stdout,
+        process = subprocess.Popen([*SIGNALLED, "--workdir", str(tmp_path / "stopped")], env=env, stdout=stdout,
                                    stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
         while "compiled" not in out.read_text():
@@ -245,13 +257,13 @@ def test_a_signal_mid_epoch_stops_within_seconds_and_the_same_command_resumes_to
         _, err = process.communicate(timeout=60)
     assert time.time() - sent < 5 and process.returncode == 130
     assert "interrupted" in err and "run the same command to resume" in err and "Traceback" not in err
-    resumed = subprocess.run([*argv, "--workdir", str(tmp_path / "stopped")], env=env, capture_output=True, text=True)
+    resumed = subprocess.run([*SIGNALLED, "--workdir", str(tmp_path / "stopped")], env=env, capture_output=True,
+                             text=True)
     assert resumed.returncode == 0 and "resuming" in resumed.stdout
-    subprocess.run([*argv, "--workdir", str(tmp_path / "straight")], env=env, check=True, capture_output=True)
     for spec in ("elu,0", "relu,0"):
-        chex.assert_trees_all_equal(load_member(tmp_path / "straight", spec)[0].state,
+        chex.assert_trees_all_equal(load_member(straight_sweep, spec)[0].state,
                                     load_member(tmp_path / "stopped", spec)[0].state)
-    assert [r["members"] for r in records.read_rows(tmp_path / "straight" / "metrics.jsonl")] == \
+    assert [r["members"] for r in records.read_rows(straight_sweep / "metrics.jsonl")] == \
         [r["members"] for r in records.read_rows(tmp_path / "stopped" / "metrics.jsonl")]
 
 
