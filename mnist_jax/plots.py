@@ -105,11 +105,9 @@ def sweep_curves(learning_curves: Path, validation_vs_lr: Path, rows: list[dict]
 def lineages(path: Path, rows: list[dict], names: list[str], title: str = "") -> dict[str, str]:
     """Population-based training: each member's hyperparameters over the epochs, one panel per hyperparameter,
     a line per member coloured by activation. Returns the file's name and its title."""
-    import matplotlib  # on first use, as in _figure
-
     activations = list(dict.fromkeys(m["activation"] for m in rows[0]["members"]))
+    colours = {activation: f"C{i}" for i, activation in enumerate(activations)}  # the colour cycle's i-th colour
     fig = _figure((5 * max(1, len(names)), 4))
-    colours = dict(zip(activations, matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]))
     axes = fig.subplots(1, max(1, len(names)), squeeze=False)
     epochs = [row["epoch"] for row in rows]
     for ax, name in zip(axes[0], names):
