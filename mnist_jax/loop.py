@@ -185,7 +185,7 @@ def _resume_place(layout: Layout, trainer: Trainer, start: int, epochs: int, sta
 def _compile(trainer: Trainer, state, plan: list[tuple[int, int]]):
     """The jitted batch order and the compiled program of each piece length; says how long they took."""
     started = time.time()
-    order = jax.jit(trainer.order)
+    order = jax.jit(trainer.order, compiler_options=engine.QUICK_COMPILE)
     example = order(state)
     programs = {length: trainer.piece(state, example, length) for length in sorted({n for _, n in plan})}
     seconds = time.time() - started

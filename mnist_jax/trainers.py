@@ -45,7 +45,8 @@ class Single:
         self.piece_member_steps = MODELS[config.model].piece_member_steps
 
     def init(self):
-        return jax.jit(engine.init_member, static_argnums=0, out_shardings=self._replicated)(self.config, self.hyper)
+        return jax.jit(engine.init_member, static_argnums=0, out_shardings=self._replicated,
+                       compiler_options=engine.QUICK_COMPILE)(self.config, self.hyper)
 
     def abstract(self):
         shapes = jax.eval_shape(functools.partial(engine.init_member, self.config), self.hyper)
@@ -94,7 +95,7 @@ class Population:
         self._train = on_devices["train"]
         self._held_out = {name: split for name, split in on_devices.items() if name != "train"}
         self._init = jax.jit(functools.partial(population.init, config, shared_order=shared_order),
-                             out_shardings=self._sharding)
+                             out_shardings=self._sharding, compiler_options=engine.QUICK_COMPILE)
         self._steps = functools.partial(population.train_steps, config, shared_order, vmap_chunk, self.mesh)
         self._evaluate = jax.jit(population.evaluate(config))
         self._take = jax.jit(population.take, out_shardings=self._sharding)

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import engine
+from mnist_jax import engine, population, settings
 
-from conftest import make_config, make_hyper, train_epoch
+from conftest import make_config, make_hyper, member, train_epoch
 
 
 def small_config(model="mlp", **overrides):
@@ -53,6 +53,19 @@ def test_a_short_run_really_learns(small_mnist, model):
     assert losses[-1] < losses[0] < 2.5
     assert float(after["loss"]) < float(before["loss"])
     assert float(after["accuracy"]) > 0.8  # chance is 0.1
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+def test_initial_states_and_orders_compiled_quickly_are_the_default_compilations_bits(model):
+    """train compiles these programs with engine.QUICK_COMPILE (seconds less on a slow CPU): the same numbers."""
+    config = make_config(model, hidden=(64, 32))
+    hyper = settings.hyper([member(a, s, 1e-3) for a, s in (("elu", 0), ("relu", 1), ("leaky_relu", 123456))])
+    init = functools.partial(population.init, config, shared_order=False)
+    default, quick = (jax.jit(init, compiler_options=options)(hyper) for options in (None, engine.QUICK_COMPILE))
+    chex.assert_trees_all_equal(default, quick)
+    orders = population.orders(config)
+    np.testing.assert_array_equal(jax.jit(orders)(default),
+                                  jax.jit(orders, compiler_options=engine.QUICK_COMPILE)(default))
 
 
 def test_batch_order_is_derived_from_seed_and_epoch_only():
