@@ -78,17 +78,6 @@ def one_member(activation: str = "relu", lr: float = 2e-3, seed: int = 0) -> eng
     return settings.hyper(member(activation, lr, seed))
 
 
-def initial_state(config: engine.Config, hyper: engine.Hyper) -> engine.TrainState:
-    """A member's initial state, from one program compiled as train compiles it (engine.QUICK_COMPILE)."""
-    return jax.jit(engine.init_member, static_argnums=0, compiler_options=engine.QUICK_COMPILE)(config, hyper)
-
-
-def initial_states(config: engine.Config, hyper: engine.Hyper, shared_order: bool) -> engine.TrainState:
-    """Stacked members' initial states, as a sweep compiles them."""
-    return jax.jit(functools.partial(population.init, config, shared_order=shared_order),
-                   compiler_options=engine.QUICK_COMPILE)(hyper)
-
-
 def whole_epoch(config: engine.Config):
     """One epoch of one member as a single program (train runs it in pieces, each checked once for divergence:
     measure_guard says what that costs): (state, hyper, x, y) -> (state, sums)."""
@@ -132,7 +121,7 @@ def measure_epochs(x, y, x_np, y_np, epochs: int, torch_python: str | None, roun
     for model in ("mlp", "lenet"):
         config = recipe(model, len(y))
         hyper = one_member()
-        state = initial_state(config, hyper)
+        state = engine.initial_state(config, hyper)
         programs[model] = (config, jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile(), state, hyper)
     best, torch_rounds = dict.fromkeys(programs, float("inf")), []
     for round_ in range(rounds):
@@ -186,7 +175,7 @@ def compile_probe(model: str) -> dict:
     x = jnp.zeros((config.train_size, 28, 28), jnp.uint8)
     y = jnp.zeros((config.train_size,), jnp.int32)
     started = time.perf_counter()
-    state = initial_state(config, hyper)
+    state = engine.initial_state(config, hyper)
     epoch_started = time.perf_counter()
     jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     epoch_seconds = time.perf_counter() - epoch_started
@@ -238,10 +227,10 @@ def measure_pieces(x, y, epochs: int) -> dict:
     after each): the cost of being able to stop within seconds. Alternated, fastest of `epochs` each."""
     config = recipe("lenet", len(y))
     hyper = one_member()
-    state = initial_state(config, hyper)
+    state = engine.initial_state(config, hyper)
     whole = jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     plan = pieces(config.steps_per_epoch, 1, MODELS["lenet"].piece_member_steps)
-    order = jax.jit(functools.partial(engine.epoch_order, config), compiler_options=engine.QUICK_COMPILE)
+    order = functools.partial(engine.epoch_order, config)
     programs = {n: jax.jit(functools.partial(engine.train_steps, config, steps=n, guarded=False)).lower(
         state, hyper, x, y, order(state), np.int32(0)).compile() for n in {n for _, n in plan}}
     in_pieces = epoch_in_pieces(plan, order, lambda s, o, first, n: programs[n](s, hyper, x, y, o, first))
@@ -288,7 +277,7 @@ def measure_serving(x, repeats: int = 20) -> dict:
     (workdir.TrainedModel.predict) and from its exported file (export.ExportedModel); the weights do not matter."""
     config = recipe("lenet", 55000)
     values = member()
-    state = initial_state(config, settings.hyper(values))
+    state = engine.initial_state(config, settings.hyper(values))
     in_workdir = TrainedModel(config, values, state, 0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.jax"
@@ -367,7 +356,7 @@ def measure_sweep_pieces(x, y, rounds: int, fit: bool = True) -> dict:
         members = [member(("elu", "relu", "leaky_relu")[i % 3], 2e-3, i // 3)
                    for i in range(count)]
         hyper, mesh = settings.hyper(members), population.member_mesh()
-        state = initial_states(config, hyper, shared_order=False)
+        state = population.initial_states(config, hyper, shared_order=False)
         orders = jax.jit(population.orders(config), compiler_options=engine.QUICK_COMPILE)(state)
         train = population.train_steps(config, False, population.default_vmap_chunk(), mesh)
         plan = pieces(steps, count, MODELS[model].piece_member_steps)
@@ -406,13 +395,13 @@ def measure_sweep(x, y, seeds: int) -> dict:
     members = [member(a, 2e-3, s) for a in ("elu", "relu", "leaky_relu") for s in range(seeds)]
     runs = [settings.hyper(m) for m in members]
     single = jax.jit(whole_epoch(config)).lower(
-        initial_state(config, runs[0]), runs[0], x, y).compile()
-    sequential = sum(timed_epochs(single, initial_state(config, hyper), (hyper, x, y), 1, warm_up=i == 0)[0]
+        engine.initial_state(config, runs[0]), runs[0], x, y).compile()
+    sequential = sum(timed_epochs(single, engine.initial_state(config, hyper), (hyper, x, y), 1, warm_up=i == 0)[0]
                      for i, hyper in enumerate(runs))
     hyper, mesh = settings.hyper(members), population.member_mesh()
     strategies = {}
     for name, (chunk, shared_order) in SWEEP_STRATEGIES.items():
-        state = initial_states(config, hyper, shared_order=shared_order)
+        state = population.initial_states(config, hyper, shared_order=shared_order)
         compiled = jax.jit(population_epoch(config, shared_order, chunk, mesh)).lower(state, hyper, x, y).compile()
         seconds = timed_epochs(compiled, state, (hyper, x, y), 1, warm_up=False)[0]
         strategies[name] = {"vmap_chunk": chunk, "shared_order": shared_order, "epoch_seconds": seconds,
@@ -512,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hyper = one_member()
 
     config = recipe("lenet", len(y_np), conv="lax")
-    state = initial_state(config, hyper)
+    state = engine.initial_state(config, hyper)
     compiled = jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     results["lenet"]["lax_conv_epoch_seconds"] = timed_epochs(compiled, state, (hyper, x, y), 1)[0]
     results["profile"] = {model: profiling.profile_step(recipe(model, len(y_np)), one_member(), x, y)

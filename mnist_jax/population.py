@@ -32,6 +32,10 @@ def init(config: engine.Config, hyper: engine.Hyper, shared_order: bool) -> engi
     return state
 
 
+# init as one program compiled with engine.QUICK_COMPILE, for a caller outside a jit
+initial_states = jax.jit(init, static_argnums=(0, 2), compiler_options=engine.QUICK_COMPILE)
+
+
 def default_vmap_chunk() -> int | None:
     """Members trained side by side in one step, by backend: on CPU one member's piece after another ran fastest
     (a member inside a wide vmap costs more than alone: its state competes for the caches), on GPU and TPU the vmap

@@ -100,7 +100,7 @@ def profile_step(config: engine.Config, hyper: engine.Hyper, x, y, steps: int | 
         order = engine.epoch_order(config, state)
         return engine.train_steps(config, state, hyper, x, y, order, 0, steps, guarded=guarded)
 
-    state = engine.init_member(config, hyper)
+    state = engine.initial_state(config, hyper)
     compiled = jax.jit(run).lower(state).compile()
     jax.block_until_ready(compiled(state))  # warm
     untraced = min(_seconds(compiled, state) for _ in range(3))

@@ -22,7 +22,7 @@ ONE_DEVICE = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
 def test_state_and_metadata_round_trip_through_an_abstract_target(tmp_path):
-    state = engine.init_member(CONFIG, HYPER).replace(epoch=jax.numpy.int32(3))
+    state = engine.initial_state(CONFIG, HYPER).replace(epoch=jax.numpy.int32(3))
     manager = checkpoint.open_manager(tmp_path)
     checkpoint.save(manager, 3, state, {"epoch": 3, "note": "x"}, {checkpoint.BEST_METRIC: 0.5})
     manager.wait_until_finished()
@@ -34,7 +34,7 @@ def test_state_and_metadata_round_trip_through_an_abstract_target(tmp_path):
 
 
 def test_keeps_the_latest_three_and_the_best(tmp_path):
-    state = engine.init_member(CONFIG, HYPER)
+    state = engine.initial_state(CONFIG, HYPER)
     manager = checkpoint.open_manager(tmp_path)
     for step, accuracy in enumerate([0.5, 0.9, 0.6, 0.7, 0.8, 0.75], start=1):
         checkpoint.save(manager, step, state, {"epoch": step}, {checkpoint.BEST_METRIC: accuracy})
@@ -46,7 +46,7 @@ def test_keeps_the_latest_three_and_the_best(tmp_path):
 
 
 def test_a_damaged_step_is_named_in_the_error(tmp_path):
-    state = engine.init_member(CONFIG, HYPER)
+    state = engine.initial_state(CONFIG, HYPER)
     manager = checkpoint.open_manager(tmp_path)
     checkpoint.save(manager, 1, state, {"epoch": 1}, {checkpoint.BEST_METRIC: 0.5})
     manager.wait_until_finished()
@@ -68,7 +68,7 @@ manager = checkpoint.open_manager(run)
 shutil.rmtree(run)
 run.write_text("a file where the checkpoints folder was")
 try:
-    checkpoint.save(manager, 1, engine.init_member(make_config(), make_hyper()), {}, {checkpoint.BEST_METRIC: 0.5})
+    checkpoint.save(manager, 1, engine.initial_state(make_config(), make_hyper()), {}, {checkpoint.BEST_METRIC: 0.5})
 except Exception:
     print("save failed", file=sys.stderr)
 def late_call(message):  # what TensorStore's threads do after the write they served was abandoned

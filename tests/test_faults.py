@@ -295,7 +295,7 @@ def test_where_an_epoch_is_cut_into_pieces_does_not_change_a_bit(model, small_mn
     hyper = make_hyper("elu", 2e-3, 0)
 
     def train_in(plan):
-        state = engine.init_member(config, hyper)
+        state = engine.initial_state(config, hyper)
         order = engine.epoch_order(config, state)
         for first, n in plan:
             state, _ = jax.jit(functools.partial(engine.train_steps, config, steps=n))(state, hyper, x, y, order,

@@ -19,7 +19,7 @@ def test_wall_time_is_shared_among_the_instructions_running_at_once():
 def test_every_matmul_of_a_step_belongs_to_its_layer_and_the_optimizer_and_loss_are_found(model, layers):
     config = bench.recipe(model, 256)
     hyper = bench.one_member("elu")
-    state = engine.init_member(config, hyper)
+    state = engine.initial_state(config, hyper)
     x, y = jnp.zeros((256, 28, 28), jnp.uint8), jnp.zeros((256,), jnp.int32)
     step = jax.jit(lambda s: engine.train_steps(config, s, hyper, x, y, engine.epoch_order(config, s), 0, 2,
                                                 guarded=True))

@@ -222,7 +222,7 @@ def test_members_mapped_in_chunks_train_as_the_full_vmap_does(small_mnist, chunk
     config = make_config("lenet", batch_size=64, epochs=1, train_size=len(y_train))
     members = [member("elu", 0, 1e-3), member("relu", 1, 3e-3), member("leaky_relu", 2, 2e-3)]
     hyper = settings.hyper(members)
-    state = population.init(config, hyper, shared_order=False)
+    state = population.initial_states(config, hyper, shared_order=False)
     chunked = population_epoch(config, shared_order=False, vmap_chunk=chunk)(state, hyper, x_train, y_train)
     vmapped = population_epoch(config, shared_order=False, vmap_chunk=None)(state, hyper, x_train, y_train)
     chex.assert_trees_all_close(chunked, vmapped, atol=1e-4, rtol=1e-4)

@@ -63,7 +63,7 @@ class ScriptedTrainer:
         self.hyper, self.scripted = make_hyper("relu", 1e-3, 0), scripted
 
     def init(self):
-        return engine.init_member(self.config, self.hyper)
+        return engine.initial_state(self.config, self.hyper)
 
     def abstract(self):
         raise AssertionError("nothing to resume")

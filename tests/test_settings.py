@@ -91,7 +91,7 @@ def test_every_static_setting_is_a_config_field_and_every_member_setting_a_hyper
     member = settings.member({}, config)
     hyper = settings.hyper(member)
     assert set(hyper) == {s.name for s in settings.members_of()}
-    engine.init_member(config, hyper)  # the engine takes them as they are
+    engine.initial_state(config, hyper)  # the engine takes them as they are
 
 
 def test_every_setting_that_shapes_training_is_in_the_hparams_and_the_recipe():

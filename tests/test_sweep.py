@@ -34,14 +34,14 @@ def test_a_vmapped_sweep_equals_independent_single_runs(small_mnist, model):
     config = make_config(model, hidden=(32,), batch_size=64, epochs=2, train_size=len(y_train))
     members = [member("elu", 0, 1e-3), member("relu", 1, 3e-3), member("leaky_relu", 2, 2e-3)]
     hyper = settings.hyper(members)
-    stacked = population.init(config, hyper, shared_order=False)
+    stacked = population.initial_states(config, hyper, shared_order=False)
     epoch = population_epoch(config, shared_order=False, vmap_chunk=None)  # every member in one vmap
     for _ in range(config.epochs):
         stacked = epoch(stacked, hyper, x_train, y_train)
     single_epoch = jax.jit(train_epoch, static_argnums=0)
     for i, m in enumerate(members):
         h = settings.hyper(m)
-        state = engine.init_member(config, h)
+        state = engine.initial_state(config, h)
         for _ in range(config.epochs):
             state, _ = single_epoch(config, state, h, x_train, y_train)
         chex.assert_trees_all_close(member_state(stacked, i), state, atol=2e-5, rtol=2e-5)
@@ -55,7 +55,7 @@ def test_a_diverged_member_is_isolated_and_the_others_unaffected(small_mnist):
 
     def train_members(members):
         hyper = settings.hyper(members)
-        state = population.init(config, hyper, shared_order=False)
+        state = population.initial_states(config, hyper, shared_order=False)
         for _ in range(config.epochs):
             state = epoch(state, hyper, x_train, y_train)
         return state
@@ -183,7 +183,7 @@ def test_shared_order_gives_every_member_the_same_batches_and_own_order_differs(
     hyper = settings.hyper([member("relu", 0, 1e-3), member("elu", 1, 1e-3)])
     orders = {}
     for shared in (True, False):
-        state = population.init(config, hyper, shared_order=shared)
+        state = population.initial_states(config, hyper, shared_order=shared)
         orders[shared] = population.orders(config)(state)
     np.testing.assert_array_equal(orders[True][0], orders[True][1])
     assert not np.array_equal(orders[False][0], orders[False][1])
@@ -204,7 +204,7 @@ def test_the_shared_order_fast_path_equals_the_plain_vmap(small_mnist):
     x_train, y_train = jnp.asarray(small_mnist[0][:64]), jnp.asarray(small_mnist[1][:64])
     config = make_config("lenet", batch_size=64, epochs=2, train_size=64, warmup_epochs=0.0)
     hyper = settings.hyper([member("relu", 0, 1e-3), member("elu", 1, 3e-3)])
-    state = population.init(config, hyper, shared_order=True)
+    state = population.initial_states(config, hyper, shared_order=True)
     fast = population_epoch(config, shared_order=True, vmap_chunk=None)(state, hyper, x_train, y_train)
     plain = population_epoch(config, shared_order=False, vmap_chunk=None)(state, hyper, x_train, y_train)
     chex.assert_trees_all_close(fast, plain, atol=2e-5, rtol=2e-5)

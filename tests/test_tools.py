@@ -137,7 +137,7 @@ def test_bfloat16_training_stays_within_half_a_point_of_float32(small_mnist):
     for dtype in ("float32", "bfloat16"):
         config = make_config("mlp", hidden=(128,), batch_size=64, epochs=3, train_size=len(y_train), dtype=dtype)
         hyper = make_hyper("relu", 2e-3, 0)
-        state = engine.init_member(config, hyper)
+        state = engine.initial_state(config, hyper)
         for _ in range(config.epochs):
             state, _ = jax.jit(train_epoch, static_argnums=0)(config, state, hyper, x_train, y_train)
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))

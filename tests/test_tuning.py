@@ -44,7 +44,7 @@ def test_a_sweep_over_learning_rate_weight_decay_b1_and_label_smoothing_equals_i
     members = [member("relu", 0, lr, weight_decay=wd) for lr in (1e-3, 3e-3) for wd in (0.0, 0.5)]
     members += [member("elu", 1, 2e-3, b1=0.5), member("elu", 1, 2e-3, label_smoothing=0.2)]
     hyper = settings.hyper(members)
-    stacked = population.init(config, hyper, shared_order=False)
+    stacked = population.initial_states(config, hyper, shared_order=False)
     epoch = population_epoch(config, shared_order=False, vmap_chunk=1)  # the members loop of the CPU default
     for _ in range(config.epochs):
         stacked = epoch(stacked, hyper, x_train, y_train)
@@ -52,7 +52,7 @@ def test_a_sweep_over_learning_rate_weight_decay_b1_and_label_smoothing_equals_i
     finals = []
     for i, m in enumerate(members):
         h = settings.hyper(m)
-        state = engine.init_member(config, h)
+        state = engine.initial_state(config, h)
         for _ in range(config.epochs):
             state, _ = single_epoch(config, state, h, x_train, y_train)
         chex.assert_trees_all_equal(member_state(stacked, i), state)
@@ -65,7 +65,7 @@ def test_label_smoothing_is_the_cross_entropy_against_smoothed_targets_and_zero_
     config = make_config("mlp", hidden=(16,))
     images = jax.random.randint(jax.random.PRNGKey(0), (8, 28, 28), 0, 256).astype(jnp.uint8)
     labels = jnp.arange(8) % 10
-    params = engine.init_member(config, settings.hyper(member())).params
+    params = engine.initial_state(config, settings.hyper(member())).params
     logits = engine.apply(config, params, settings.hyper(member()), images)
     for a in (0.0, 0.1, 0.4):
         loss, _ = engine.loss_and_logits(params, config, settings.hyper(member(label_smoothing=a)), images, labels)
@@ -235,7 +235,7 @@ def pbt_sweep(tmp_path_factory):
 def test_pbt_exploit_copies_exactly_the_chosen_members_state_and_keeps_its_own_order(small_mnist):
     config = make_config("mlp", hidden=(16,), batch_size=64, epochs=1, train_size=2048)
     members = [member("relu", s, lr) for s, lr in ((0, 1e-3), (1, 2e-3), (2, 3e-3), (3, 4e-3))]
-    state = population.init(config, settings.hyper(members), shared_order=False)
+    state = population.initial_states(config, settings.hyper(members), shared_order=False)
     state = state.replace(diverged=jnp.array([False, False, True, False]))
     taken = population.take(state, jnp.array([0, 3, 1, 3]))
     for i, parent in enumerate([0, 3, 1, 3]):
