@@ -34,8 +34,12 @@ def small_mnist(mnist):
 
 @pytest.fixture(scope="session", autouse=True)
 def compile_cache_in_tmp(tmp_path_factory):
-    """Keeps the tests' compiled programs out of the user's cache; subprocesses inherit it."""
-    os.environ["MNIST_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla-cache"))
+    """Keeps the tests' compiled programs out of the user's cache; subprocesses inherit it. pytest-xdist's workers
+    (each has a base temporary folder of its own, in a shared one) share it, so a program is compiled once."""
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["MNIST_JAX_CACHE_DIR"] = str(cache)
 
 
 def run_cli(main, *argv) -> int:
