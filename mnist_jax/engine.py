@@ -25,7 +25,7 @@ DIVERGENCE_LOSS = 10 * math.log(10)
 # Their random numbers (threefry's unrolled rounds) are what the compiler's default optimization level spends its
 # time on: LeNet's initial state took 5-7 s to compile on a 2-core AVX2 CPU, 1.3-1.9 s at level 1, with the same
 # bits (tests/test_engine.py compares the two). Not for the training and evaluation programs: level 1 changes their
-# floating-point results and slows them.
+# floating-point results and barely shortens their compile.
 QUICK_COMPILE = {"xla_backend_optimization_level": 1}
 
 
