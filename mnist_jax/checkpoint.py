@@ -79,13 +79,16 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metr
 @contextlib.contextmanager
 def _quiet_unless_ok():
     """Holds back stderr and the absl and asyncio loggers for the block: replayed if it succeeds, dropped if it
-    raises. After a failure the two loggers stay quiet, and so do the warnings of the write's abandoned coroutines
-    and the late calls of its TensorStore threads into Orbax's closed event loop (`_drop_late_reports`): they report
-    the same failure again later, while the caller is saying it in one line and ending."""
+    raises. Reports of calls into Orbax's closed event loop are dropped from the start of the block (`_drop_late_reports`):
+    a failing write's TensorStore threads make them while the failure is on its way, and one still being printed when
+    the block ends would otherwise finish after the caller's one-line error. After a failure the two loggers stay quiet,
+    those reports stay dropped, and so do the warnings of the write's abandoned coroutines: they report the same
+    failure again later, while the caller is saying it in one line and ending."""
     sys.stderr.flush()
     saved = os.dup(2)
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     levels = [logger.level for logger in loggers]
+    hooks = _drop_late_reports()
     failed = False
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
@@ -98,7 +101,6 @@ def _quiet_unless_ok():
             # The write's coroutines that never ran are reported when the interpreter ends: the same failure again.
             warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
             gc.collect()
-            _drop_late_reports()
             raise
         finally:
             sys.stderr.flush()
@@ -107,6 +109,7 @@ def _quiet_unless_ok():
             if not failed:
                 for logger, level in zip(loggers, levels):
                     logger.setLevel(level)
+                sys.unraisablehook, threading.excepthook, sys.excepthook = hooks
                 held.seek(0)
                 text = held.read().decode(errors="replace")
                 if text:
@@ -117,12 +120,12 @@ def _closed_loop(error: BaseException | None) -> bool:
     return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
-def _drop_late_reports() -> None:
-    """From now on, drops the reports of 'RuntimeError: Event loop is closed', whichever hook Python reports them with
-    (an unraisable exception, one in a thread, one printed from native code): after a failed save, the abandoned
-    write's TensorStore threads go on calling back into Orbax's event loop, now closed, each with a traceback that
-    would land after the one-line error. Every other error is reported as before."""
-    unraisable, in_thread, uncaught = sys.unraisablehook, threading.excepthook, sys.excepthook
+def _drop_late_reports() -> tuple:
+    """Drops the reports of 'RuntimeError: Event loop is closed', whichever hook Python reports them with (an
+    unraisable exception, one in a thread, one printed from native code), until the hooks it returns are put back:
+    once a save fails, the abandoned write's TensorStore threads go on calling back into Orbax's event loop, now
+    closed, each with a traceback. Every other error is reported as before."""
+    hooks = unraisable, in_thread, uncaught = sys.unraisablehook, threading.excepthook, sys.excepthook
 
     def unraisable_hook(report):
         if not _closed_loop(report.exc_value):
@@ -137,6 +140,7 @@ def _drop_late_reports() -> None:
             uncaught(kind, error, traceback)
 
     sys.unraisablehook, threading.excepthook, sys.excepthook = unraisable_hook, thread_hook, uncaught_hook
+    return hooks
 
 
 def discard_partial(manager: ocp.CheckpointManager, step: int) -> None:
