@@ -162,7 +162,7 @@ def test_a_sweep_over_two_processes_gives_the_one_process_members(one_process_sw
 
 def test_a_two_process_sweep_killed_after_its_first_checkpoint_resumes_to_the_bit(tmp_path):
     workdir = tmp_path / "killed"
-    slow = ("--train-limit", "16384", "--epochs", "4")  # long enough to be killed in the middle
+    slow = ("--train-limit", "16384", "--epochs", "2")  # an epoch long enough to be killed in the middle of
     processes = launch_processes(workdir, extra=slow)
     deadline = time.time() + 180
     while not (workdir / "checkpoints" / "1").is_dir():
