@@ -20,18 +20,19 @@ def test_block_toeplitz_conv_matches_lax_conv_in_values_and_gradients(padding, b
 def _compare_conv_with_lax(padding, block, channels_in, features):
     x = jax.random.normal(jax.random.PRNGKey(1), (channels_in, 14, 14, 4), jnp.float64)  # (C, H, W, B)
     conv = Conv(features, kernel_size=5, padding=padding, block=block, dtype=jnp.float64)
-    params = jax.tree.map(lambda p: p.astype(jnp.float64), conv.init(jax.random.PRNGKey(2), x))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), jax.jit(conv.init)(jax.random.PRNGKey(2), x))
 
+    @jax.jit
     def reference(params, x):
         y = jax.lax.conv_general_dilated(x, params["params"]["kernel"], (1, 1), padding,
                                          dimension_numbers=("CHWN", "HWIO", "CHWN"),
                                          precision=jax.lax.Precision.HIGHEST)
         return y + params["params"]["bias"][:, None, None, None]
 
-    chex.assert_trees_all_close(conv.apply(params, x), reference(params, x), atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(jax.jit(conv.apply)(params, x), reference(params, x), atol=1e-5, rtol=1e-5)
     loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))  # noqa: E731
-    grads = jax.grad(loss(conv.apply), argnums=(0, 1))(params, x)
-    expected = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+    grads = jax.jit(jax.grad(loss(conv.apply), argnums=(0, 1)))(params, x)
+    expected = jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(params, x)
     chex.assert_trees_all_close(grads, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -16,7 +16,7 @@ def count_params(params) -> int:
 
 @pytest.mark.parametrize("name, expected", [("lenet", 61_706), ("mlp", 235_146)])
 def test_parameter_counts_match_the_classic_architectures(name, expected):
-    params = make_model(name).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28), jnp.uint8), 0)
+    params = jax.eval_shape(make_model(name).init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28), jnp.uint8), 0)
     assert count_params(params) == expected
 
 
@@ -24,15 +24,16 @@ def test_parameter_counts_match_the_classic_architectures(name, expected):
 @pytest.mark.parametrize("batch", [1, 7, 128])
 def test_models_map_uint8_images_to_ten_logits(name, batch):
     model = make_model(name)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28), jnp.uint8), 0)
-    logits = model.apply(params, jnp.full((batch, 28, 28), 200, jnp.uint8), 1)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28), jnp.uint8), 0)
+    logits = jax.jit(model.apply)(params, jnp.full((batch, 28, 28), 200, jnp.uint8), 1)
     chex.assert_shape(logits, (batch, 10))
     chex.assert_type(logits, jnp.float32)
     chex.assert_tree_all_finite(logits)
 
 
 def test_mlp_hidden_sizes_are_configurable():
-    params = make_model("mlp", hidden=(32,)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28), jnp.uint8), 0)
+    params = jax.eval_shape(make_model("mlp", hidden=(32,)).init, jax.random.PRNGKey(0),
+                            jnp.zeros((1, 28, 28), jnp.uint8), 0)
     assert count_params(params) == 784 * 32 + 32 + 32 * 10 + 10
 
 
@@ -55,8 +56,9 @@ def test_lenet_in_either_form_matches_a_hand_written_lax_lenet_in_float32(conv):
     """The whole LeNet in float32 against the same network written with lax convolutions and reduce_window."""
     model = make_model("lenet", conv=conv)
     images = jax.random.randint(jax.random.PRNGKey(0), (8, 28, 28), 0, 256).astype(jnp.uint8)
-    params = model.init(jax.random.PRNGKey(1), images, jnp.int32(0))
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), images, jnp.int32(0))
 
+    @jax.jit
     def reference(params, images):
         p = params["params"]
         x = normalize(images)[..., None]  # NHWC
@@ -70,23 +72,27 @@ def test_lenet_in_either_form_matches_a_hand_written_lax_lenet_in_float32(conv):
             x = nn.elu(x @ p[name]["kernel"] + p[name]["bias"])
         return x @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
 
-    chex.assert_trees_all_close(model.apply(params, images, jnp.int32(0)), reference(params, images), atol=1e-4)
+    chex.assert_trees_all_close(jax.jit(model.apply)(params, images, jnp.int32(0)), reference(params, images),
+                                atol=1e-4)
     loss = lambda f: lambda p: jnp.sum(jax.nn.log_softmax(f(p)))  # noqa: E731
-    chex.assert_trees_all_close(jax.grad(loss(lambda p: model.apply(p, images, jnp.int32(0))))(params),
-                                jax.grad(loss(lambda p: reference(p, images)))(params), atol=1e-4, rtol=1e-4)
+    chex.assert_trees_all_close(jax.jit(jax.grad(loss(lambda p: model.apply(p, images, jnp.int32(0)))))(params),
+                                jax.jit(jax.grad(loss(lambda p: reference(p, images))))(params), atol=1e-4, rtol=1e-4)
 
 
 def test_both_conv_forms_share_one_parameter_tree_and_compute_the_same_logits_and_gradients():
     images = jax.random.randint(jax.random.PRNGKey(3), (16, 28, 28), 0, 256).astype(jnp.uint8)
     models = {conv: make_model("lenet", conv=conv) for conv in CONV_FORMS}
-    trees = {conv: model.init(jax.random.PRNGKey(4), images, jnp.int32(1)) for conv, model in models.items()}
+    trees = {conv: jax.jit(model.init)(jax.random.PRNGKey(4), images, jnp.int32(1)) for conv, model in models.items()}
     chex.assert_trees_all_equal(*trees.values())  # same names, shapes and initial values
     params = trees["lax"]
+    # One program per form, the activation an argument: compiled once, not op by op for every activation.
+    apply = {conv: jax.jit(model.apply) for conv, model in models.items()}
+    grad = {conv: jax.jit(jax.grad(lambda p, i, model=model: jnp.sum(jax.nn.log_softmax(model.apply(p, images, i)))))
+            for conv, model in models.items()}
     for index in range(len(ACTIVATIONS)):
-        outputs = {conv: model.apply(params, images, jnp.int32(index)) for conv, model in models.items()}
+        outputs = {conv: apply[conv](params, images, jnp.int32(index)) for conv in models}
         chex.assert_trees_all_close(outputs["toeplitz"], outputs["lax"], atol=2e-4, rtol=2e-4)
-        grads = {conv: jax.grad(lambda p: jnp.sum(jax.nn.log_softmax(model.apply(p, images, jnp.int32(index)))))(
-            params) for conv, model in models.items()}
+        grads = {conv: grad[conv](params, jnp.int32(index)) for conv in models}
         chex.assert_trees_all_close(grads["toeplitz"], grads["lax"], atol=2e-4, rtol=2e-4)
 
 
@@ -104,7 +110,8 @@ def test_every_activation_marked_non_decreasing_is_and_commutes_with_max_pooling
 def test_lenet_pools_after_the_activation_when_an_activation_is_not_non_decreasing(monkeypatch):
     images = jax.random.randint(jax.random.PRNGKey(5), (4, 28, 28), 0, 256).astype(jnp.uint8)
     model = make_model("lenet", conv="lax")
-    params = model.init(jax.random.PRNGKey(6), images, jnp.int32(0))
-    pooled_first = model.apply(params, images, jnp.int32(0))
+    params = jax.jit(model.init)(jax.random.PRNGKey(6), images, jnp.int32(0))
+    apply = lambda: jax.jit(lambda p: model.apply(p, images, jnp.int32(0)))(params)  # noqa: E731  (traced anew)
+    pooled_first = apply()
     monkeypatch.setattr(models, "POOL_BEFORE_ACTIVATION", False)
-    chex.assert_trees_all_close(model.apply(params, images, jnp.int32(0)), pooled_first, atol=1e-5)
+    chex.assert_trees_all_close(apply(), pooled_first, atol=1e-5)
