@@ -204,7 +204,7 @@ def test_a_really_full_disk_is_one_line_and_the_last_checkpoint_survives(tmpfs, 
     result = subprocess.run([*argv, "--workdir", str(tmpfs / "run")], env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-1].split("\r")[-1].strip()
-    assert "No space left on device" in line and "resume after epoch" in line
+    assert "No space left on device" in line and "resume after epoch" in line, result.stderr[-2000:]
     kept = sorted(int(p.name) for p in (tmpfs / "run" / "checkpoints").iterdir() if p.name.isdigit())
     moved = tmp_path / "moved"
     subprocess.run(["cp", "-a", str(tmpfs / "run"), str(moved)], check=True)  # space freed: elsewhere
