@@ -230,7 +230,7 @@ def measure_pieces(x, y, epochs: int) -> dict:
     state = engine.initial_state(config, hyper)
     whole = jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     plan = pieces(config.steps_per_epoch, 1, MODELS["lenet"].piece_member_steps)
-    order = functools.partial(engine.epoch_order, config)
+    order = jax.jit(functools.partial(engine.epoch_order, config), compiler_options=engine.QUICK_COMPILE)  # as train
     programs = {n: jax.jit(functools.partial(engine.train_steps, config, steps=n, guarded=False)).lower(
         state, hyper, x, y, order(state), np.int32(0)).compile() for n in {n for _, n in plan}}
     in_pieces = epoch_in_pieces(plan, order, lambda s, o, first, n: programs[n](s, hyper, x, y, o, first))
