@@ -230,7 +230,7 @@ def measure_pieces(x, y, epochs: int) -> dict:
     state = engine.initial_state(config, hyper)
     whole = jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile()
     plan = pieces(config.steps_per_epoch, 1, MODELS["lenet"].piece_member_steps)
-    order = jax.jit(functools.partial(engine.epoch_order, config), compiler_options=engine.QUICK_COMPILE)  # as train
+    order = functools.partial(engine.batch_order, config)  # as train
     programs = {n: jax.jit(functools.partial(engine.train_steps, config, steps=n, guarded=False)).lower(
         state, hyper, x, y, order(state), np.int32(0)).compile() for n in {n for _, n in plan}}
     in_pieces = epoch_in_pieces(plan, order, lambda s, o, first, n: programs[n](s, hyper, x, y, o, first))
@@ -255,8 +255,7 @@ def measure_guard(x, y, epochs: int) -> dict:
         trainer = Single(config, member(), {"train": (x, y)})
         state = trainer.init()
         plan = pieces(config.steps_per_epoch, 1, MODELS[model].piece_member_steps)
-        order = jax.jit(trainer.order, compiler_options=engine.QUICK_COMPILE)
-        programs = {n: trainer.piece(state, order(state), n) for n in {n for _, n in plan}}
+        programs = {n: trainer.piece(state, trainer.order(state), n) for n in {n for _, n in plan}}
         hyper = trainer.hyper
         ways = {"unguarded": lambda s, o, first, n: programs[n].compiled(s, hyper, x, y, o, first),
                 "checked": lambda s, o, first, n: programs[n](s, o, first),
@@ -264,7 +263,8 @@ def measure_guard(x, y, epochs: int) -> dict:
         best = {way: float("inf") for way in ways}
         for round_ in range(epochs + 1):  # the first round warms each up
             for way, piece in ways.items():
-                seconds, state = timed_epochs(epoch_in_pieces(plan, order, piece), state, (), 1, warm_up=False)
+                seconds, state = timed_epochs(epoch_in_pieces(plan, trainer.order, piece), state, (), 1,
+                                               warm_up=False)
                 best[way] = min(best[way], seconds) if round_ else best[way]
         out[model] = {**{f"{way}_epoch_seconds": seconds for way, seconds in best.items()},
                       "cost": best["checked"] / best["unguarded"] - 1,
@@ -357,7 +357,7 @@ def measure_sweep_pieces(x, y, rounds: int, fit: bool = True) -> dict:
                    for i in range(count)]
         hyper, mesh = settings.hyper(members), population.member_mesh()
         state = population.initial_states(config, hyper, shared_order=False)
-        orders = jax.jit(population.orders(config), compiler_options=engine.QUICK_COMPILE)(state)
+        orders = population.batch_orders(config, state)
         train = population.train_steps(config, False, population.default_vmap_chunk(), mesh)
         plan = pieces(steps, count, MODELS[model].piece_member_steps)
         length = max(n for _, n in plan)

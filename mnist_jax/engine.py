@@ -219,6 +219,11 @@ def epoch_order(config: Config, state: TrainState) -> jax.Array:
     return jax.random.permutation(key, config.train_size)[:used].reshape(config.steps_per_epoch, config.batch_size)
 
 
+# epoch_order as one program compiled with QUICK_COMPILE, for the host loop (once an epoch) and other callers outside
+# a jit
+batch_order = jax.jit(epoch_order, static_argnums=0, compiler_options=QUICK_COMPILE)
+
+
 def train_steps(config: Config, state: TrainState, hyper: Hyper, x_train: jax.Array, y_train: jax.Array,
                 order: jax.Array, first: jax.Array, steps: int,
                 batch_sharding: jax.sharding.Sharding | None = None, guarded: bool = True):

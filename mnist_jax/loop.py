@@ -52,7 +52,7 @@ class Trainer(Protocol):
         """The state's shapes, dtypes and shardings, to restore a checkpoint into."""
 
     def order(self, state) -> jax.Array:
-        """The batch order of the epoch after `state.epoch` (the loop jits it)."""
+        """The batch order of the epoch after `state.epoch`, a compiled program (called once an epoch)."""
 
     def piece(self, state, order, length: int) -> Callable:
         """The compiled program `(state, order, first) -> (state, {"loss_sum", "correct"})` that runs `length` steps
@@ -119,11 +119,11 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict, scheduler: An
         state, place = _resume_place(layout, trainer, start, epochs, state)
         plan = lambda done=0: pieces(trainer.steps_per_epoch, trainer.members_per_device,  # noqa: E731
                                      trainer.piece_member_steps, done)
-        order, programs = _compile(trainer, state, plan())
+        programs = _compile(trainer, state, plan())
         with _Progress(trainer, epochs, start) as progress, _StopRequests() as stop:
             for epoch in range(start + 1, epochs + 1):
                 started = time.time()
-                state, sums = _run_epoch(layout, trainer, order, programs, plan, state, epoch, place, progress, stop)
+                state, sums = _run_epoch(layout, trainer, programs, plan, state, epoch, place, progress, stop)
                 place = None
                 state = engine.next_epoch(state)
                 jax.block_until_ready(state)
@@ -144,7 +144,7 @@ def fit(layout: Layout, trainer: Trainer, epochs: int, meta: dict, scheduler: An
                     raise Interrupted(f"interrupted after epoch {epoch}, which is saved: run the same command to "
                                       "resume")
                 if reshaped and epoch < epochs:  # fewer members train from here on: their own programs
-                    order, programs = _compile(trainer, state, plan())
+                    programs = _compile(trainer, state, plan())
         manager.wait_until_finished()
         if board is not None:
             _writing_events(layout, board.finish)
@@ -183,18 +183,17 @@ def _resume_place(layout: Layout, trainer: Trainer, start: int, epochs: int, sta
 
 
 def _compile(trainer: Trainer, state, plan: list[tuple[int, int]]):
-    """The jitted batch order and the compiled program of each piece length; says how long they took."""
+    """The compiled program of each piece length (the batch order's too); says how long they took."""
     started = time.time()
-    order = jax.jit(trainer.order, compiler_options=engine.QUICK_COMPILE)
-    example = order(state)
+    example = trainer.order(state)
     programs = {length: trainer.piece(state, example, length) for length in sorted({n for _, n in plan})}
     seconds = time.time() - started
     print(f"compiled the epoch's {len(plan)} pieces in {seconds:.1f} s on {jax.default_backend()} (not counted in the "
           "epochs' seconds)")
-    return order, programs
+    return programs
 
 
-def _run_epoch(layout: Layout, trainer: Trainer, order, programs: dict, plan, state, epoch: int,
+def _run_epoch(layout: Layout, trainer: Trainer, programs: dict, plan, state, epoch: int,
                place: dict | None, progress: "_Progress", stop: "_StopRequests"):
     """Epoch `epoch` in pieces, from the stopped `place` if there is one: (state, its summed loss and correct
     predictions). A stop request at a boundary inside it saves the place and raises Interrupted."""
@@ -203,7 +202,7 @@ def _run_epoch(layout: Layout, trainer: Trainer, order, programs: dict, plan, st
         sums = {k: np.asarray(place[k], np.float64) for k in sums}
         done = place["next_step"]
         progress.skip(done)
-    epoch_order = order(state)
+    epoch_order = trainer.order(state)
     for first, length in plan(done):
         state, piece = programs[length](state, epoch_order, np.int32(first))
         piece = distributed.to_host(piece)

@@ -48,6 +48,11 @@ def orders(config: engine.Config):
     return jax.vmap(functools.partial(engine.epoch_order, config))
 
 
+# orders as one program compiled with engine.QUICK_COMPILE, for a caller outside a jit: (config, state) -> orders
+batch_orders = jax.jit(lambda config, state: orders(config)(state), static_argnums=0,
+                       compiler_options=engine.QUICK_COMPILE)
+
+
 def train_steps(config: engine.Config, shared_order: bool, vmap_chunk: int | None, mesh: Mesh,
                 guarded: bool = True):
     """`engine.train_steps` over stacked members: (state, hyper, x, y, orders, first, steps) -> (state, sums), with

@@ -53,7 +53,7 @@ class Single:
         return checkpoint.with_sharding(shapes, self._replicated)
 
     def order(self, state):
-        return engine.epoch_order(self.config, state)
+        return engine.batch_order(self.config, state)
 
     def piece(self, state, order, length: int) -> "Program":
         program = lambda guarded: jax.jit(functools.partial(  # noqa: E731
@@ -135,7 +135,7 @@ class Population:
         return checkpoint.with_sharding(jax.eval_shape(self._init, self.hyper), self._sharding)
 
     def order(self, state):
-        return population.orders(self.config)(state)
+        return population.batch_orders(self.config, state)
 
     def piece(self, state, order, length: int) -> "Program":
         inputs = lambda: (self.hyper, *self._train)  # noqa: E731  (PBT may have changed the hyperparameters)

@@ -65,9 +65,11 @@ def test_initial_states_and_orders_compiled_quickly_are_the_default_compilations
     chex.assert_trees_all_equal(population.initial_states(config, hyper, shared_order=False), default)
     chex.assert_trees_all_equal(engine.initial_state(config, settings.hyper(members[2])),
                                 jax.jit(engine.init_member, static_argnums=0)(config, settings.hyper(members[2])))
-    orders = population.orders(config)
-    np.testing.assert_array_equal(jax.jit(orders)(default),
-                                  jax.jit(orders, compiler_options=engine.QUICK_COMPILE)(default))
+    np.testing.assert_array_equal(jax.jit(population.orders(config))(default),
+                                  population.batch_orders(config, default))
+    single = engine.initial_state(config, settings.hyper(members[2]))
+    np.testing.assert_array_equal(jax.jit(engine.epoch_order, static_argnums=0)(config, single),
+                                  engine.batch_order(config, single))
 
 
 def test_batch_order_is_derived_from_seed_and_epoch_only():

@@ -69,7 +69,7 @@ class ScriptedTrainer:
         raise AssertionError("nothing to resume")
 
     def order(self, state):
-        return engine.epoch_order(self.config, state)
+        return engine.batch_order(self.config, state)
 
     def piece(self, state, order, length):
         return lambda state, order, first: (state, {"loss_sum": jnp.float32(length), "correct": jnp.int32(0)})

@@ -80,7 +80,7 @@ def test_unguarded_pieces_run_again_guarded_where_they_go_wrong_and_equal_guardi
     def pieces(members):
         trainer = Population(config, members, splits, shared_order=False, vmap_chunk=chunk)
         state = trainer.init()
-        order = jax.jit(trainer.order)(state)
+        order = trainer.order(state)
         program = trainer.piece(state, order, 4)
         fast, guarded = state, state
         for first in range(0, config.steps_per_epoch - 3, 4):

@@ -151,7 +151,7 @@ def test_halving_trains_only_the_members_still_going_and_leaves_the_others_untou
     splits = {"train": (x_train, y_train), "val": (x_test, y_test)}
     trainer = Population(config, members, splits, shared_order=False, vmap_chunk=chunk)
     start = trainer.init()
-    order = jax.jit(trainer.order)(start)
+    order = trainer.order(start)
     everyone = trainer.piece(start, order, 8)
     all_state, all_sums = everyone(start, order, np.int32(0))
     going = [True, False, False, True, False, False]

@@ -23,7 +23,7 @@ from mnist_jax.trainers import Population
 def epoch_seconds(trainer: Population, state, pieces: int) -> tuple[float, float]:
     """(seconds of one epoch in `pieces` pieces, seconds to compile its piece)."""
     started = time.time()
-    order = jax.jit(trainer.order)(state)
+    order = trainer.order(state)
     length = trainer.steps_per_epoch // pieces
     program = trainer.piece(state, order, length)
     compile_seconds = time.time() - started
