@@ -12,13 +12,7 @@ import jax
 
 from mnist_jax import bench, cli
 from mnist_jax.data import load_bundled
-from mnist_jax.report import cpu_name
-
-
-def has_avx512() -> bool | None:
-    """Whether the CPU has AVX-512 (`avx512f` among its flags); None where the OS does not say (not Linux)."""
-    flags = Path("/proc/cpuinfo")
-    return "avx512f" in flags.read_text() if flags.exists() else None
+from mnist_jax.report import cpu_name, has_avx512
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from mnist_jax import bench, cli, engine
 from mnist_jax.data import load_bundled
-from mnist_jax.report import cpu_name
+from mnist_jax.report import cpu_name, has_avx512
 
 DENSE = {"mlp": [(784, 256), (256, 128), (128, 10)], "lenet": [(400, 120), (120, 84), (84, 10)]}
 
@@ -104,7 +104,7 @@ def main() -> None:
         if round_ == 0:
             times = {name: [] for name in times}
     best = {name: min(values) for name, values in times.items()}
-    result = {"cpu": cpu_name(), "avx512f": "avx512f" in Path("/proc/cpuinfo").read_text(), "steps": steps,
+    result = {"cpu": cpu_name(), "avx512f": has_avx512(), "steps": steps,
               "step_matmuls": STEP_MATMULS, "seconds": times, "fastest": best,
               "gflops_per_second": {name: 2 * steps * sum(m * k * n for m, k, n in shapes) / best[name] / 1e9
                                     for name, shapes in STEP_MATMULS.items()}}

@@ -14,7 +14,7 @@ import numpy as np
 
 from mnist_jax import bench, engine
 from mnist_jax.data import load_bundled
-from mnist_jax.report import cpu_name
+from mnist_jax.report import cpu_name, has_avx512
 
 OPTIONS = {
     "default": {},
@@ -66,7 +66,7 @@ def main() -> None:
             started = time.perf_counter()
             jax.block_until_ready(program(state, hyper, x, y))
             best[name] = min(best[name], time.perf_counter() - started)
-    print(f"{args.model} epoch on {cpu_name()}, fastest of {args.rounds}, interleaved:")
+    print(f"{args.model} epoch on {cpu_name()} (avx512f: {has_avx512()}), fastest of {args.rounds}, interleaved:")
     for name, seconds in best.items():
         print(f"  {name}: {seconds:.3f} s ({seconds / best['default'] - 1:+.1%}), same parameters: "
               f"{programs[name][1]}")

@@ -532,7 +532,9 @@ def table(r: dict) -> str:
         t = r[model].get("torch_epoch_seconds")
         return ("n/a", "n/a") if t is None else (f"{t:.3f}", f"{r[model]['speedup_over_torch']:.2f}x")
 
-    lines = ["| measurement | mnist_jax | PyTorch | ratio |", "| --- | --- | --- | --- |"]
+    cpu = r["environment"]
+    lines = [f"on the CPU {cpu['cpu']!r} (avx512f: {cpu['avx512f']}), {cpu['cpu_count']} CPUs, the same run for both "
+             "sides:", "", "| measurement | mnist_jax | PyTorch | ratio |", "| --- | --- | --- | --- |"]
     for model in ("lenet", "mlp"):
         t, ratio = torch_cols(model)
         lines.append(f"| {model} epoch seconds (batch 128) | {r[model]['epoch_seconds']:.3f} | {t} | {ratio} |")
