@@ -13,6 +13,8 @@ multiplications a matmul-based convolution can do, to say what a convolution of 
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -74,12 +76,27 @@ def fastest(run, repeats: int = 2) -> float:
     return best
 
 
+TORCH_FIX = "give --torch-python an interpreter that has torch (pip install torch==2.13.0 in a virtualenv of its own)"
+
+
+def require_torch(python: str) -> None:
+    """Ends the script in one line where `python` cannot import torch, before minutes of compiling and timing."""
+    try:
+        reason = None if subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0 else \
+            "it cannot import torch"
+    except OSError as e:
+        reason = e.strerror
+    if reason:
+        sys.exit(f"error: {python}: {reason}: {TORCH_FIX}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch-python", required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    require_torch(args.torch_python)
     cli.enable_compile_cache(True)
     ds = load_bundled()
     x, y = jax.device_put((ds.x_train, ds.y_train))
@@ -91,18 +108,21 @@ def main() -> None:
         assert config.steps_per_epoch == steps
         state = engine.initial_state(config, hyper)
         epochs[model] = (jax.jit(bench.whole_epoch(config)).lower(state, hyper, x, y).compile(), state, hyper)
+    for program, operands in floors.values():  # a first run of each, untimed
+        jax.block_until_ready(program(operands))
+    for program, state, hyper in epochs.values():
+        jax.block_until_ready(program(state, hyper, x, y))
     times = {name: [] for name in [*floors, "mlp_epoch", "lenet_epoch", "mlp_torch", "lenet_torch"]}
-    for round_ in range(args.rounds + 1):  # the first round warms up
+    for _ in range(args.rounds):
         for name, (program, operands) in floors.items():
             times[name].append(fastest(lambda: program(operands)))
         for model, (program, state, hyper) in epochs.items():
             times[f"{model}_epoch"].append(fastest(lambda: program(state, hyper, x, y)))
-        torch = bench.run_torch(args.torch_python, ds.x_train, ds.y_train, 2) if round_ else None
+        torch = bench.run_torch(args.torch_python, ds.x_train, ds.y_train, 2)
+        if torch is None:  # run_torch has said what failed
+            sys.exit(f"error: the PyTorch reference stopped: {TORCH_FIX}")
         for model in epochs:
-            if torch:
-                times[f"{model}_torch"].append(torch[model]["epoch_seconds"])
-        if round_ == 0:
-            times = {name: [] for name in times}
+            times[f"{model}_torch"].append(torch[model]["epoch_seconds"])
     best = {name: min(values) for name, values in times.items()}
     result = {"cpu": cpu_name(), "avx512f": has_avx512(), "steps": steps,
               "step_matmuls": STEP_MATMULS, "seconds": times, "fastest": best,
