@@ -79,11 +79,11 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metr
 @contextlib.contextmanager
 def _quiet_unless_ok():
     """Holds back stderr and the absl and asyncio loggers for the block: replayed if it succeeds, dropped if it
-    raises. Reports of calls into Orbax's closed event loop are dropped from the start of the block (`_drop_late_reports`):
-    a failing write's TensorStore threads make them while the failure is on its way, and one still being printed when
-    the block ends would otherwise finish after the caller's one-line error. After a failure the two loggers stay quiet,
-    those reports stay dropped, and so do the warnings of the write's abandoned coroutines: they report the same
-    failure again later, while the caller is saying it in one line and ending."""
+    raises. Reports of calls into Orbax's closed event loop are dropped from the start of the block
+    (`_drop_late_reports`): a failing write's TensorStore threads make them while the failure is on its way, and one
+    still being printed when the block ends would otherwise finish after the caller's one-line error. After a failure
+    the two loggers stay quiet, those reports stay dropped, and so do the warnings of the write's abandoned
+    coroutines: they report the same failure again later, while the caller is saying it in one line and ending."""
     sys.stderr.flush()
     saved = os.dup(2)
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
