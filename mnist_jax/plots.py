@@ -40,7 +40,9 @@ def run_curves(path: Path, title: str, rows: list[dict]) -> None:
         ax.legend(fontsize=8)
     axes[0].set_yscale("log")
     fig.suptitle(f"{title}: train (as trained, over the epoch's batches), validation and test", fontsize=10)
-    fig.tight_layout()
+    # fixed margins, wide enough for a log axis's "4x10^-2" labels: tight_layout would draw the figure an extra
+    # time to measure them, 40% of the time this figure takes at the end of every run
+    fig.subplots_adjust(left=0.09, right=0.985, bottom=0.12, top=0.88, wspace=0.2)
     fig.savefig(path, dpi=110)
 
 
