@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
-from mnist_jax import data, distributed, records, settings
+from mnist_jax import data, distributed, records, settings, traced
 from mnist_jax.errors import Interrupted, UserError
 
 
@@ -218,8 +218,12 @@ def check_environment() -> None:
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
-    """Runs a CLI main: a UserError becomes one line on stderr and exit status 2, never a traceback."""
+    """Runs a CLI main: a UserError becomes one line on stderr and exit status 2, never a traceback. Without `argv`
+    (this process's own command line: `python -m mnist_jax...`, where only this package's code is traced) the traced
+    programs are kept across launches (mnist_jax.traced)."""
     atexit.register(_ignore_interrupts)  # registered last, run first: a Ctrl-C while exiting ends quietly
+    if argv is None:
+        traced.enable()
     try:
         check_environment()
         code = main(argv)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mnist_jax import checkpoint, distributed, engine, metrics, population, settings
+from mnist_jax import checkpoint, distributed, engine, metrics, population, settings, traced
 from mnist_jax.errors import UserError
 from mnist_jax.models import MODELS
 
@@ -39,30 +39,36 @@ class Single:
         on_devices = distributed.put(splits, self._replicated)
         self._train = on_devices["train"]
         self._held_out = {name: split for name, split in on_devices.items() if name != "train"}
-        self._evaluate = jax.jit(engine.evaluate_splits, static_argnums=0)
+        self._order = self._evaluate = None  # compiled on first use
         self.label = f"{config.model}/{member['activation']}"
         self.steps_per_epoch, self.batch_size = config.steps_per_epoch, config.batch_size
         self.piece_member_steps = MODELS[config.model].piece_member_steps
 
     def init(self):
-        return jax.jit(engine.init_member, static_argnums=0, out_shardings=self._replicated,
-                       compiler_options=engine.QUICK_COMPILE)(self.config, self.hyper)
+        return traced.compile(functools.partial(engine.init_member, self.config), self.hyper,
+                              out_shardings=self._replicated, compiler_options=engine.QUICK_COMPILE)(self.hyper)
 
     def abstract(self):
         shapes = jax.eval_shape(functools.partial(engine.init_member, self.config), self.hyper)
         return checkpoint.with_sharding(shapes, self._replicated)
 
     def order(self, state):
-        return engine.batch_order(self.config, state)
+        if self._order is None:  # engine.batch_order, its traced program kept across launches
+            self._order = traced.compile(functools.partial(engine.epoch_order, self.config), state,
+                                         compiler_options=engine.QUICK_COMPILE)
+        return self._order(state)
 
     def piece(self, state, order, length: int) -> "Program":
-        program = lambda guarded: jax.jit(functools.partial(  # noqa: E731
-            engine.train_steps, self.config, steps=length, batch_sharding=self._batch_sharding, guarded=guarded))
+        program = lambda guarded: functools.partial(  # noqa: E731
+            engine.train_steps, self.config, steps=length, batch_sharding=self._batch_sharding, guarded=guarded)
         return Program(program, (state, self.hyper, *self._train, order, np.int32(0)),
                        lambda: (self.hyper, *self._train))
 
     def evaluate(self, state) -> dict:
-        return self._evaluate(self.config, state.params, self.hyper, self._held_out)
+        if self._evaluate is None:
+            self._evaluate = traced.compile(functools.partial(engine.evaluate_splits, self.config), state.params,
+                                            self.hyper, self._held_out)
+        return self._evaluate(state.params, self.hyper, self._held_out)
 
     def learning_rate(self, epoch: int) -> Any:
         return engine.learning_rate(self.config, self.member["lr"], epoch)
@@ -141,11 +147,10 @@ class Population:
         inputs = lambda: (self.hyper, *self._train)  # noqa: E731  (PBT may have changed the hyperparameters)
         example = (state, self.hyper, *self._train, order, np.int32(0))
         if self.active is None:
-            return Program(lambda guarded: jax.jit(functools.partial(self._steps(guarded), steps=length)),
-                           example, inputs)
+            return Program(lambda guarded: functools.partial(self._steps(guarded), steps=length), example, inputs)
         active = self.active
-        return Program(lambda guarded: jax.jit(functools.partial(
-            population.train_some, functools.partial(self._steps(guarded), steps=length))),
+        return Program(lambda guarded: functools.partial(
+            population.train_some, functools.partial(self._steps(guarded), steps=length)),
             (*example, active), inputs, (active,), active)
 
     def evaluate(self, state) -> dict:
@@ -184,23 +189,23 @@ class Program:
     It runs the steps unguarded (engine.train_step), then checks the piece once: where a member's piece ended not
     sound, or a member had diverged before (its parameters must stay frozen), the piece is run again from its start
     with the guarded steps, compiled the first time they are needed. Both compute the same numbers where nothing goes
-    wrong, so the result is what guarding every step gives. `program(guarded)` is the jitted function, `example` its
-    arguments' shapes, `active` the members it trains (None: all); `compiled` is the unguarded XLA program (its
-    cost_analysis() says what it computes).
+    wrong, so the result is what guarding every step gives. `program(guarded)` is the function to compile (through
+    mnist_jax.traced), `example` its arguments' shapes, `active` the members it trains (None: all); `compiled` is the
+    unguarded XLA program (its cost_analysis() says what it computes).
     """
 
     def __init__(self, program, example: tuple, inputs, extra: tuple = (), active=None):
         self._program, self._inputs, self._extra, self._active = program, inputs, extra, active
         self._example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
                                                                     sharding=getattr(x, "sharding", None)), example)
-        self.compiled = program(False).lower(*self._example).compile()
+        self.compiled = traced.compile(program(False), *self._example)
         self._guarded = None
         self._frozen = False  # a member has diverged: every piece runs guarded from then on
         self.reruns = 0  # pieces run again guarded
 
     def guarded(self):
         if self._guarded is None:
-            self._guarded = self._program(True).lower(*self._example).compile()
+            self._guarded = traced.compile(self._program(True), *self._example)
         return self._guarded
 
     def _any(self, flags) -> bool:

@@ -1,0 +1,130 @@
+"""Traced programs kept across launches of the command line, beside the persistent compilation cache.
+
+Before XLA compiles a program (what the compilation cache keeps), JAX traces its Python functions and lowers them to
+StableHLO: about a second of every launch of `train` on a slow CPU. `compile` exports that lowered program
+(`jax.export`) to `<compilation cache>/traced/` the first time, and later launches load it instead of tracing; XLA
+then finds the compiled program in its own cache. The numbers are the same to the bit either way.
+
+A program is found again only under the same key: the source of every module of this package, the versions of
+Python and of the libraries that trace, JAX's settings, the function (a module-level function or a
+`functools.partial` of one, with its fixed arguments) and the shapes, dtypes and shardings of its arguments. Where
+any of that cannot be told from the outside (a closure, an object without a stable description), where several
+devices or processes take part, or where the process was not started as a command line (`enable`: Python code of
+your own, a test's patch say, may change what is traced without changing the source), the program is traced as
+usual. An entry is a pickle (the exported program and its output's tree structure): like the compiled programs
+beside it, the cache folder is to be written by its user alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import os
+import pickle
+import sys
+import types
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax import export
+
+_enabled = False
+_LIBRARIES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "ml_dtypes")
+
+
+def enable() -> None:
+    """Keeps traced programs from here on in this process, where the compilation cache is on (a process started as
+    a command line: cli.run)."""
+    global _enabled
+    _enabled = True
+
+
+def compile(fun: Callable, *args, out_shardings: Any = None, compiler_options: dict | None = None):
+    """`jax.jit(fun, ...)` lowered for `args` (arrays or ShapeDtypeStructs) and compiled: a `jax.stages.Compiled`,
+    from the kept traced program where there is one."""
+    jit_options = {"compiler_options": compiler_options}
+    if out_shardings is not None:
+        jit_options["out_shardings"] = out_shardings
+    path = _entry(fun, args, out_shardings, compiler_options)
+    if path is None:
+        return jax.jit(fun, **jit_options).lower(*args).compile()
+    leaves, in_tree = jax.tree.flatten(args)
+    try:
+        serialized, out_tree = pickle.loads(path.read_bytes())
+        exported = export.deserialize(serialized)
+    except Exception:  # none yet, or one cut short or damaged: made again
+        exported, out_tree = _export(fun, in_tree, leaves)
+        if exported is None:
+            return jax.jit(fun, **jit_options).lower(*args).compile()
+        _keep(path, pickle.dumps((exported.serialize(), out_tree)))
+
+    def call(*args):
+        return jax.tree.unflatten(out_tree, exported.call(*jax.tree.leaves(args)))
+
+    return jax.jit(call, **jit_options).lower(*args).compile()
+
+
+def _export(fun: Callable, in_tree, leaves: list) -> tuple[Any, Any]:
+    """The exported program of `fun` on flat arguments, and its output's tree; (None, None) if it cannot be
+    exported (e.g. a custom call with no stability guarantee)."""
+    out_tree = []
+
+    def flat(*leaves):
+        outputs, tree = jax.tree.flatten(fun(*jax.tree.unflatten(in_tree, leaves)))
+        out_tree.append(tree)
+        return outputs
+
+    try:
+        return export.export(jax.jit(flat))(*leaves), out_tree[0]
+    except Exception:
+        return None, None
+
+
+def _keep(path: Path, data: bytes) -> None:
+    """Writes an entry atomically; a cache that cannot be written only means tracing again next time."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes may write the same entry at once
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_bytes(data)
+        temporary.replace(path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+
+
+def _entry(fun: Callable, args: tuple, out_shardings: Any, compiler_options: dict | None) -> Path | None:
+    """Where the traced program of this call is kept, or None where it is not kept."""
+    directory = jax.config.jax_compilation_cache_dir
+    if not _enabled or not directory or jax.process_count() > 1 or jax.device_count() > 1:
+        return None
+    leaves, in_tree = jax.tree.flatten(args)
+    described = _describe(fun)
+    if described is None:
+        return None
+    key = repr((_code(), sorted(jax.config.values.items()), jax.devices()[0].device_kind, described, str(in_tree),
+                [(np.shape(leaf), str(leaf.dtype), str(getattr(leaf, "sharding", None))) for leaf in leaves],
+                out_shardings, sorted((compiler_options or {}).items())))
+    if " at 0x" in key:  # something described by its address: not the same in the next launch
+        return None
+    return Path(directory) / "traced" / hashlib.sha256(key.encode()).hexdigest()
+
+
+def _describe(fun: Any) -> str | None:
+    """A module-level function by its name, a partial of one by that and its fixed arguments; None otherwise."""
+    if isinstance(fun, functools.partial):
+        inner = _describe(fun.func)
+        return None if inner is None else repr((inner, fun.args, sorted(fun.keywords.items())))
+    if isinstance(fun, types.FunctionType) and fun.__closure__ is None and "<" not in fun.__qualname__:
+        return f"{fun.__module__}.{fun.__qualname__}"
+    return None
+
+
+@functools.cache
+def _code() -> str:
+    """This package's source, and the versions of Python and of the libraries that trace."""
+    source = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        source.update(path.name.encode() + path.read_bytes())
+    return repr((source.hexdigest(), sys.version, [importlib.metadata.version(name) for name in _LIBRARIES]))
