@@ -296,8 +296,8 @@ SETTINGS: tuple[Setting, ...] = (
             "checkpoints/<model>-<activation>-seed<seed> for train, checkpoints/sweep-<model> for a sweep, followed "
             "by every setting of the run that differs from its default, e.g. -epochs3)", path),
     Setting("fresh", False, "delete what the workdir holds and start over", flag),
-    Setting("no_compile_cache", False, "do not use the persistent XLA compilation cache (default: on, in "
-            "$MNIST_JAX_CACHE_DIR or ~/.cache/mnist_jax/xla)", flag),
+    Setting("no_compile_cache", False, "do not use the persistent XLA compilation cache, nor the traced programs "
+            "kept beside it (default: on, in $MNIST_JAX_CACHE_DIR or ~/.cache/mnist_jax/xla)", flag),
     Setting("coordinator_address", None, "where process 0 listens; the same for every process", str,
             metavar="HOST:PORT", group=PROCESSES),
     Setting("num_processes", None, "how many processes in all", positive_int, group=PROCESSES),

@@ -112,10 +112,13 @@ def _entry(fun: Callable, args: tuple, out_shardings: Any, compiler_options: dic
 
 
 def _describe(fun: Any) -> str | None:
-    """A module-level function by its name, a partial of one by that and its fixed arguments; None otherwise."""
+    """A module-level function by its name, a partial of one by that and its fixed arguments; None otherwise (also
+    where a fixed argument is an array, whose repr may leave out values)."""
     if isinstance(fun, functools.partial):
-        inner = _describe(fun.func)
-        return None if inner is None else repr((inner, fun.args, sorted(fun.keywords.items())))
+        inner, fixed = _describe(fun.func), (*fun.args, *fun.keywords.values())
+        if inner is None or any(isinstance(leaf, (np.ndarray, jax.Array)) for leaf in jax.tree.leaves(fixed)):
+            return None
+        return repr((inner, fun.args, sorted(fun.keywords.items())))
     if isinstance(fun, types.FunctionType) and fun.__closure__ is None and "<" not in fun.__qualname__:
         return f"{fun.__module__}.{fun.__qualname__}"
     return None

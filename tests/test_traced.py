@@ -91,4 +91,6 @@ def test_what_cannot_be_told_from_outside_is_traced_every_time(kept):
     x = jnp.arange(4.0)
     assert float(traced.compile(lambda x: x * factor, x)(x)[1]) == 5.0  # a closure: what it holds is not in a key
     assert float(traced.compile(functools.partial(jnp.multiply, 5.0), x)(x)[1]) == 5.0  # not a plain function
+    # an array among the fixed arguments (a large one's repr leaves values out)
+    assert float(traced.compile(functools.partial(scaled, np.full(4, 5.0)), x)(x)[1]) == 5.0
     assert entries(kept) == {}
