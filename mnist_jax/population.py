@@ -62,30 +62,34 @@ def train_steps(config: engine.Config, shared_order: bool, vmap_chunk: int | Non
     members at a time are trained side by side by a `vmap`, and the chunks one after another by a `lax.map`;
     `None` (or at least the device's share) vmaps them all. With a shared order and a full vmap the order is taken
     out of the vmap, so the batch gather, conv1's input windows and conv1's weight gradient are computed once for all
-    members (one wide matmul) instead of once per member.
+    members (one wide matmul) instead of once per member. (A partial of module-level functions, so that its traced
+    program can be kept across launches: mnist_jax.traced.)
     """
-    def local(state, hyper, x, y, orders, first, steps):
-        member_steps = functools.partial(engine.train_steps, config, x_train=x, y_train=y, first=first, steps=steps,
-                                         guarded=guarded)
-        n = state.epoch.shape[0]
-        if vmap_chunk is not None and vmap_chunk < n:
-            # batch_size=1 would still vmap each member (over an axis of 1), which XLA:CPU runs slower
-            return jax.lax.map(lambda sho: member_steps(*sho[:2], order=sho[2]), (state, hyper, orders),
-                               batch_size=vmap_chunk if vmap_chunk > 1 else None)
-        if shared_order:
-            return jax.vmap(lambda s, h: member_steps(s, h, order=orders[0]))(state, hyper)
-        return jax.vmap(lambda s, h, o: member_steps(s, h, order=o))(state, hyper, orders)
-
     if mesh.size == 1:
-        return local
+        return functools.partial(_device_steps, config, shared_order, vmap_chunk, guarded)
+    return functools.partial(_sharded_steps, config, shared_order, vmap_chunk, guarded, mesh)
+
+
+def _device_steps(config, shared_order, vmap_chunk, guarded, state, hyper, x, y, orders, first, steps):
+    """train_steps on one device's members."""
+    member_steps = functools.partial(engine.train_steps, config, x_train=x, y_train=y, first=first, steps=steps,
+                                     guarded=guarded)
+    n = state.epoch.shape[0]
+    if vmap_chunk is not None and vmap_chunk < n:
+        # batch_size=1 would still vmap each member (over an axis of 1), which XLA:CPU runs slower
+        return jax.lax.map(lambda sho: member_steps(*sho[:2], order=sho[2]), (state, hyper, orders),
+                           batch_size=vmap_chunk if vmap_chunk > 1 else None)
+    if shared_order:
+        return jax.vmap(lambda s, h: member_steps(s, h, order=orders[0]))(state, hyper)
+    return jax.vmap(lambda s, h, o: member_steps(s, h, order=o))(state, hyper, orders)
+
+
+def _sharded_steps(config, shared_order, vmap_chunk, guarded, mesh, state, hyper, x, y, orders, first, steps):
+    """train_steps with the members sharded over the devices of `mesh`."""
     members, replicated = PartitionSpec(MEMBER_AXIS), PartitionSpec()
-
-    def sharded(state, hyper, x, y, orders, first, steps):
-        return jax.shard_map(functools.partial(local, steps=steps), mesh=mesh,
-                             in_specs=(members, members, replicated, replicated, members, replicated),
-                             out_specs=(members, members))(state, hyper, x, y, orders, first)
-
-    return sharded
+    local = functools.partial(_device_steps, config, shared_order, vmap_chunk, guarded, steps=steps)
+    return jax.shard_map(local, mesh=mesh, in_specs=(members, members, replicated, replicated, members, replicated),
+                         out_specs=(members, members))(state, hyper, x, y, orders, first)
 
 
 def members_at(tree, indices):

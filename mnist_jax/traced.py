@@ -100,8 +100,9 @@ def _entry(fun: Callable, args: tuple, out_shardings: Any, compiler_options: dic
     if not _enabled or not directory or jax.process_count() > 1 or jax.device_count() > 1:
         return None
     leaves, in_tree = jax.tree.flatten(args)
-    described = _describe(fun)
-    if described is None:
+    try:
+        described = _describe(fun)
+    except _Untold:
         return None
     key = repr((_code(), sorted(jax.config.values.items()), jax.devices()[0].device_kind, described, str(in_tree),
                 [(np.shape(leaf), str(leaf.dtype), str(getattr(leaf, "sharding", None))) for leaf in leaves],
@@ -111,17 +112,22 @@ def _entry(fun: Callable, args: tuple, out_shardings: Any, compiler_options: dic
     return Path(directory) / "traced" / hashlib.sha256(key.encode()).hexdigest()
 
 
-def _describe(fun: Any) -> str | None:
-    """A module-level function by its name, a partial of one by that and its fixed arguments; None otherwise (also
-    where a fixed argument is an array, whose repr may leave out values)."""
-    if isinstance(fun, functools.partial):
-        inner, fixed = _describe(fun.func), (*fun.args, *fun.keywords.values())
-        if inner is None or any(isinstance(leaf, (np.ndarray, jax.Array)) for leaf in jax.tree.leaves(fixed)):
-            return None
-        return repr((inner, fun.args, sorted(fun.keywords.items())))
-    if isinstance(fun, types.FunctionType) and fun.__closure__ is None and "<" not in fun.__qualname__:
-        return f"{fun.__module__}.{fun.__qualname__}"
-    return None
+def _describe(value: Any) -> Any:
+    """What tells a function apart in the key: a module-level function by its name, a partial by its function and
+    its fixed arguments (described alike); a value by itself (repr'd in the key, where one shown by its address is
+    caught). Raises _Untold for a closure, another callable, or an array (whose repr may leave values out)."""
+    if isinstance(value, functools.partial):
+        return (_describe(value.func), tuple(_describe(v) for v in value.args),
+                tuple(sorted((k, _describe(v)) for k, v in value.keywords.items())))
+    if isinstance(value, types.FunctionType) and value.__closure__ is None and "<" not in value.__qualname__:
+        return f"{value.__module__}.{value.__qualname__}"
+    if callable(value) or isinstance(value, (np.ndarray, jax.Array)):
+        raise _Untold
+    return value
+
+
+class _Untold(Exception):
+    """A function whose traced program the key could not tell apart from another's."""
 
 
 @functools.cache

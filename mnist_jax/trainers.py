@@ -100,8 +100,7 @@ class Population:
         on_devices = distributed.put(splits, NamedSharding(self.mesh, PartitionSpec()))  # on the devices once
         self._train = on_devices["train"]
         self._held_out = {name: split for name, split in on_devices.items() if name != "train"}
-        self._init = jax.jit(functools.partial(population.init, config, shared_order=shared_order),
-                             out_shardings=self._sharding, compiler_options=engine.QUICK_COMPILE)
+        self._init = functools.partial(population.init, config, shared_order=shared_order)
         self._steps = functools.partial(population.train_steps, config, shared_order, vmap_chunk, self.mesh)
         self._evaluate = jax.jit(population.evaluate(config))
         self._take = jax.jit(population.take, out_shardings=self._sharding)
@@ -135,7 +134,8 @@ class Population:
         return self._take(state, sources)
 
     def init(self):
-        return self._init(self.hyper)
+        return traced.compile(self._init, self.hyper, out_shardings=self._sharding,
+                              compiler_options=engine.QUICK_COMPILE)(self.hyper)
 
     def abstract(self):
         return checkpoint.with_sharding(jax.eval_shape(self._init, self.hyper), self._sharding)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import traced, train, workdir
+from mnist_jax import sweep, traced, train, workdir
 from mnist_jax.workdir import Layout, read_metrics
 
 RUN = dict(model="lenet", epochs=2, train_limit=512, test_limit=200, validation_size=200, batch_size=64)
@@ -55,6 +55,19 @@ def test_a_second_launch_loads_the_kept_programs_and_trains_the_same_bits_as_tra
     assert entries(kept) == first
     for name in ("first", "second"):
         assert_same_numbers(run_numbers(tmp_path / name), run_numbers(tmp_path / "traced"))
+
+
+def test_a_sweeps_second_launch_loads_its_programs_and_trains_the_same_members(tmp_path, kept):
+    run = dict(model="mlp", hidden="16", activations="elu,relu", seeds=1, epochs=2, train_limit=512, test_limit=200,
+               validation_size=200, scheduler="halving", first_rung=1)
+    sweep.run(workdir=tmp_path / "first", **run)
+    first = entries(kept)
+    assert len(first) >= 3  # the initial states, the piece of all members, the piece of those halving kept
+    sweep.run(workdir=tmp_path / "second", **run)
+    assert entries(kept) == first
+    for member in ("elu,0", "relu,0"):
+        a, b = (workdir.load_member(tmp_path / name, member)[0].state for name in ("first", "second"))
+        assert all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
 
 
 def test_a_damaged_entry_is_made_again_and_the_run_is_the_same(tmp_path, kept):
