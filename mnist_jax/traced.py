@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
-import os
 import pickle
 import sys
 import types
@@ -30,6 +29,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from jax import export
+
+from mnist_jax import records
+from mnist_jax.errors import UserError
 
 _enabled = False
 _LIBRARIES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "ml_dtypes")
@@ -48,18 +50,12 @@ def compile(fun: Callable, *args, out_shardings: Any = None, compiler_options: d
     jit_options = {"compiler_options": compiler_options}
     if out_shardings is not None:
         jit_options["out_shardings"] = out_shardings
-    path = _entry(fun, args, out_shardings, compiler_options)
-    if path is None:
-        return jax.jit(fun, **jit_options).lower(*args).compile()
     leaves, in_tree = jax.tree.flatten(args)
-    try:
-        serialized, out_tree = pickle.loads(path.read_bytes())
-        exported = export.deserialize(serialized)
-    except Exception:  # none yet, or one cut short or damaged: made again
-        exported, out_tree = _export(fun, in_tree, leaves)
-        if exported is None:
-            return jax.jit(fun, **jit_options).lower(*args).compile()
-        _keep(path, pickle.dumps((exported.serialize(), out_tree)))
+    path = _entry(fun, leaves, in_tree, out_shardings, compiler_options)
+    kept = None if path is None else _kept(path, fun, leaves, in_tree)
+    if kept is None:
+        return jax.jit(fun, **jit_options).lower(*args).compile()
+    exported, out_tree = kept
 
     def call(*args):
         return jax.tree.unflatten(out_tree, exported.call(*jax.tree.leaves(args)))
@@ -67,39 +63,38 @@ def compile(fun: Callable, *args, out_shardings: Any = None, compiler_options: d
     return jax.jit(call, **jit_options).lower(*args).compile()
 
 
-def _export(fun: Callable, in_tree, leaves: list) -> tuple[Any, Any]:
-    """The exported program of `fun` on flat arguments, and its output's tree; (None, None) if it cannot be
-    exported (e.g. a custom call with no stability guarantee)."""
-    out_tree = []
+def _kept(path: Path, fun: Callable, leaves: list, in_tree) -> tuple[Any, Any] | None:
+    """(exported program, its output's tree) kept at `path`; where there is none yet, or one cut short or damaged,
+    exported now and kept; None where `fun` cannot be exported (e.g. a custom call with no stability guarantee)."""
+    try:
+        serialized, out_tree = pickle.loads(path.read_bytes())
+        return export.deserialize(serialized), out_tree
+    except Exception:
+        pass
+    out_trees = []
 
     def flat(*leaves):
         outputs, tree = jax.tree.flatten(fun(*jax.tree.unflatten(in_tree, leaves)))
-        out_tree.append(tree)
+        out_trees.append(tree)
         return outputs
 
     try:
-        return export.export(jax.jit(flat))(*leaves), out_tree[0]
+        exported = export.export(jax.jit(flat))(*leaves)
     except Exception:
-        return None, None
-
-
-def _keep(path: Path, data: bytes) -> None:
-    """Writes an entry atomically; a cache that cannot be written only means tracing again next time."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes may write the same entry at once
-    try:
+        return None
+    try:  # a cache that cannot be written only means tracing again next time
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_bytes(data)
-        temporary.replace(path)
-    except OSError:
-        temporary.unlink(missing_ok=True)
+        records.write_bytes(path, pickle.dumps((exported.serialize(), out_trees[0])))
+    except (OSError, UserError):
+        pass
+    return exported, out_trees[0]
 
 
-def _entry(fun: Callable, args: tuple, out_shardings: Any, compiler_options: dict | None) -> Path | None:
+def _entry(fun: Callable, leaves: list, in_tree, out_shardings: Any, compiler_options: dict | None) -> Path | None:
     """Where the traced program of this call is kept, or None where it is not kept."""
     directory = jax.config.jax_compilation_cache_dir
     if not _enabled or not directory or jax.process_count() > 1 or jax.device_count() > 1:
         return None
-    leaves, in_tree = jax.tree.flatten(args)
     try:
         described = _describe(fun)
     except _Untold:
