@@ -39,7 +39,7 @@ class Single:
         on_devices = distributed.put(splits, self._replicated)
         self._train = on_devices["train"]
         self._held_out = {name: split for name, split in on_devices.items() if name != "train"}
-        self._order = self._evaluate = None  # compiled on first use
+        self._evaluate = None  # compiled on first use
         self.label = f"{config.model}/{member['activation']}"
         self.steps_per_epoch, self.batch_size = config.steps_per_epoch, config.batch_size
         self.piece_member_steps = MODELS[config.model].piece_member_steps
@@ -53,10 +53,7 @@ class Single:
         return checkpoint.with_sharding(shapes, self._replicated)
 
     def order(self, state):
-        if self._order is None:  # engine.batch_order, its traced program kept across launches
-            self._order = traced.compile(functools.partial(engine.epoch_order, self.config), state,
-                                         compiler_options=engine.QUICK_COMPILE)
-        return self._order(state)
+        return engine.batch_order(self.config, state)
 
     def piece(self, state, order, length: int) -> "Program":
         program = lambda guarded: functools.partial(  # noqa: E731
