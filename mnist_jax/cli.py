@@ -253,7 +253,28 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         print("interrupted (a training run resumes from its last saved epoch when the same command is run again)",
               file=sys.stderr)
         code = 130
+    if argv is None:
+        _exit_now(code)
     sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """Ends a command line's process once its exit handlers have run and its output is flushed, without the
+    interpreter's own teardown: freeing every module and JAX's runtime took 0.45 s of every launch on a 2-core CPU
+    and writes nothing. Returns (for a normal exit) while another non-daemon thread still runs, or while a profiler
+    or tracer (cProfile, coverage, a debugger) watches, which writes its results at the normal exit."""
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12's tool hooks (coverage uses them)
+    watched = sys.getprofile() is not None or sys.gettrace() is not None or (
+        monitoring is not None and any(monitoring.get_tool(tool) for tool in range(6)))
+    if watched or any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    atexit._run_exitfuncs()  # what a normal exit runs first: JAX's clean-up, the distributed runtime's shutdown, logging
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)
 
 
 def _ignore_interrupts() -> None:

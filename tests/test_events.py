@@ -1,7 +1,11 @@
 """TensorBoard event files, read back with TensorBoard's own readers and checked against metrics.jsonl."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from tensorboard import context
@@ -13,6 +17,8 @@ from tensorboard.plugins.hparams import backend_context, plugin_data_pb2
 from mnist_jax import engine, sweep, train
 
 from conftest import SMALL, make_config, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 QUICK = [*SMALL, "--validation-size", "512"]  # fewer held-out images: less evaluation per epoch
 TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy", "val_loss": "val/loss",
@@ -63,6 +69,21 @@ def test_a_train_run_writes_its_metrics_rows_as_tensorboard_scalars(tmp_path):
                                    "optimizer": "adamw", "schedule": "warmup-cosine", "weight_decay": 0.2, "b1": 0.9, "label_smoothing": 0.0,
                                    "batch_size": "64", "epochs": "2", "hidden": "32", "dtype": "float32"}
 
+
+
+def test_a_command_line_ends_with_its_output_whole(tmp_path):
+    """`python -m mnist_jax.train` ends without the interpreter's teardown (mnist_jax.cli): what it printed reaches a
+    pipe, every row reaches the event file, and the exit status is the command's, for a run and for bad input."""
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "mnist_jax.train", *QUICK, "--epochs", "2"]
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(ROOT)}  # a pipe buffers
+    done = subprocess.run([*command, "--workdir", str(workdir)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("final test accuracy")
+    assert_matches(read_scalars(workdir), rows(workdir))
+    refused = subprocess.run([*command, "--lr", "0.01", "--workdir", str(workdir)], capture_output=True, text=True,
+                             env=env)  # another configuration in the same workdir: one line, status 2
+    assert refused.returncode == 2 and refused.stderr.startswith("error: ") and len(refused.stderr.splitlines()) == 1
 
 def test_each_sweep_member_is_a_tensorboard_run_with_its_hparams(tmp_path):
     workdir = tmp_path / "sweep"
