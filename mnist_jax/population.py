@@ -113,6 +113,6 @@ def take(state: engine.TrainState, sources: jax.Array) -> engine.TrainState:
     return state.replace(params=params, opt_state=opt_state, diverged=diverged)
 
 
-def evaluate(config: engine.Config):
+def evaluate(config: engine.Config, params, hyper: engine.Hyper, splits: dict) -> dict:
     """(stacked params, stacked hyper, {split: (images, labels)}) -> {split: {metric: (members,)}}."""
-    return jax.vmap(functools.partial(engine.evaluate_splits, config), in_axes=(0, 0, None))
+    return jax.vmap(functools.partial(engine.evaluate_splits, config), in_axes=(0, 0, None))(params, hyper, splits)

@@ -99,7 +99,7 @@ class Population:
         self._held_out = {name: split for name, split in on_devices.items() if name != "train"}
         self._init = functools.partial(population.init, config, shared_order=shared_order)
         self._steps = functools.partial(population.train_steps, config, shared_order, vmap_chunk, self.mesh)
-        self._evaluate = jax.jit(population.evaluate(config))
+        self._evaluations = {}  # compiled per shape of the members evaluated (halving: those still training)
         self._take = jax.jit(population.take, out_shardings=self._sharding)
         self.label = f"sweep {config.model} x{len(members)}"
         self.steps_per_epoch, self.batch_size = config.steps_per_epoch, config.batch_size
@@ -152,11 +152,19 @@ class Population:
 
     def evaluate(self, state) -> dict:
         if self.active is None:
-            return self._evaluate(state.params, self.hyper, self._held_out)
+            return self._evaluate(state.params, self.hyper)
         found = distributed.to_host(self._evaluate(population.members_at(state.params, self.active),
-                                                   population.members_at(self.hyper, self.active), self._held_out))
+                                                   population.members_at(self.hyper, self.active)))
         # the members that did not train get zeros here: the scheduler fills in their rows with their last numbers
         return jax.tree.map(lambda values: _scatter(values, self.active, len(self.members) + self.padding), found)
+
+    def _evaluate(self, params, hyper) -> dict:
+        """population.evaluate of these members, compiled (through mnist_jax.traced) once per shape and sharding."""
+        key = tuple((leaf.shape, leaf.sharding) for leaf in jax.tree.leaves((params, hyper)))
+        if key not in self._evaluations:
+            self._evaluations[key] = traced.compile(functools.partial(population.evaluate, self.config), params, hyper,
+                                                    self._held_out)
+        return self._evaluations[key](params, hyper, self._held_out)
 
     def learning_rate(self, epoch: int) -> Any:
         return engine.learning_rate(self.config, np.array([m["lr"] for m in self.members]), epoch)
