@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import platform
-import pstats
 import re
 import subprocess
 import sys
@@ -298,9 +297,9 @@ def measure_serving(x, repeats: int = 20) -> dict:
     return out
 
 
-# The parts of a `python -m mnist_jax.train` command, timed by cProfile: part -> the functions (module, name) whose
-# cumulative time it is. Imports are timed apart (a fresh `import mnist_jax.train`); "other" is what is left of the
-# whole command (interpreter start, the workdir's lock and records, the metrics rows, TensorBoard events).
+# The parts of a `python -m mnist_jax.train` command: part -> the functions (module, name) whose time it is, timed
+# inside the command. Imports are timed apart (a fresh `import mnist_jax.train`); "other" is what is left of the
+# whole command (interpreter start, the workdir's lock and records, the metrics rows, TensorBoard events, the exit).
 COMMAND_PARTS = {
     "data": [("cli", "load_data")],
     "initial state (or the checkpoint to resume)": [("loop", "_resume")],
@@ -312,28 +311,47 @@ COMMAND_PARTS = {
 }
 # The default command whose parts are measured.
 DEFAULT_COMMAND = ["--model", "lenet"]
+# `python -c` this, the parts as JSON, the file to write and the command's arguments: the command line as a user
+# launches it (mnist_jax.cli.run), each part's functions wrapped in a timer, the seconds written as it exits. A
+# profiler would slow the parts that run Python, and keep the command from ending as it does (mnist_jax.cli).
+_TIMED_COMMAND = """
+import atexit, importlib, json, sys, time
+parts, out, argv = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3:]
+from mnist_jax import cli, train
+seconds = {part: 0.0 for part in parts}
+def timed(part, module, name):
+    module = importlib.import_module("mnist_jax." + module)
+    function = getattr(module, name)
+    def run(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds[part] += time.perf_counter() - started
+    setattr(module, name, run)
+for part, functions in parts.items():
+    for module, name in functions:
+        timed(part, module, name)
+atexit.register(lambda: open(out, "w").write(json.dumps(seconds)))
+sys.argv = ["mnist_jax.train", *argv]
+cli.run(train.main)
+"""
 
 
 def measure_command_parts(argv: Sequence[str] = DEFAULT_COMMAND) -> dict:
-    """Seconds of each COMMAND_PARTS part of `python -m mnist_jax.train ARGV` with a warm compilation cache (a
-    first run fills it), under cProfile, which adds a little to the parts that run Python; imports timed apart."""
+    """Seconds of each COMMAND_PARTS part of `python -m mnist_jax.train ARGV` with warm caches (a first run fills
+    them), timed inside the command; imports timed apart."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "MNIST_JAX_CACHE_DIR": str(Path(tmp) / "cache")}
-        command = ["-m", "mnist_jax.train", *argv]
-        _run([sys.executable, *command, "--workdir", str(Path(tmp) / "cold")], env)
-        _, whole = _run([sys.executable, "-m", "cProfile", "-o", str(Path(tmp) / "profile"), *command,
+        _run([sys.executable, "-m", "mnist_jax.train", *argv, "--workdir", str(Path(tmp) / "cold")], env)
+        timed = Path(tmp) / "parts.json"
+        _, whole = _run([sys.executable, "-c", _TIMED_COMMAND, json.dumps(COMMAND_PARTS), str(timed), *argv,
                          "--workdir", str(Path(tmp) / "warm")], env)
-        stats = pstats.Stats(str(Path(tmp) / "profile")).stats
+        seconds = records.read_json(timed)
         summary = records.read_json(Path(tmp) / "warm" / "summary.json")
     imports = min(_run([sys.executable, "-c", "import mnist_jax.train"])[1] for _ in range(2)) - \
         min(_run([sys.executable, "-c", "pass"])[1] for _ in range(2))
-
-    def cumulative(module: str, name: str) -> float:
-        return sum(entry[3] for (path, _, function), entry in stats.items()
-                   if function == name and Path(path).parent.name == "mnist_jax" and Path(path).stem == module)
-
-    parts = {"imports": imports, **{part: sum(cumulative(*f) for f in functions)
-                                    for part, functions in COMMAND_PARTS.items()}}
+    parts = {"imports": imports, **seconds}
     parts["other"] = max(0.0, whole - sum(parts.values()))
     training = parts["training (the epochs' seconds)"]
     return {"argv": list(argv), "command_seconds": whole, "train_seconds": summary["train_seconds"],
