@@ -349,8 +349,9 @@ def measure_command_parts(argv: Sequence[str] = DEFAULT_COMMAND) -> dict:
                          "--workdir", str(Path(tmp) / "warm")], env)
         seconds = records.read_json(timed)
         summary = records.read_json(Path(tmp) / "warm" / "summary.json")
-    imports = min(_run([sys.executable, "-c", "import mnist_jax.train"])[1] for _ in range(2)) - \
-        min(_run([sys.executable, "-c", "pass"])[1] for _ in range(2))
+    # each process ends as the command does (mnist_jax.cli), without the interpreter's teardown
+    imports = min(_run([sys.executable, "-c", "import os, mnist_jax.train; os._exit(0)"])[1] for _ in range(2)) - \
+        min(_run([sys.executable, "-c", "import os; os._exit(0)"])[1] for _ in range(2))
     parts = {"imports": imports, **seconds}
     parts["other"] = max(0.0, whole - sum(parts.values()))
     training = parts["training (the epochs' seconds)"]
