@@ -315,8 +315,8 @@ DEFAULT_COMMAND = ["--model", "lenet"]
 # launches it (mnist_jax.cli.run), each part's functions wrapped in a timer, the seconds written as it exits. A
 # profiler would slow the parts that run Python, and keep the command from ending as it does (mnist_jax.cli).
 _TIMED_COMMAND = """
-import atexit, importlib, json, sys, time
-parts, out, argv = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3:]
+import atexit, importlib, json, pathlib, sys, time
+parts, out, argv = json.loads(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
 from mnist_jax import cli, train
 seconds = {part: 0.0 for part in parts}
 def timed(part, module, name):
@@ -332,7 +332,7 @@ def timed(part, module, name):
 for part, functions in parts.items():
     for module, name in functions:
         timed(part, module, name)
-atexit.register(lambda: open(out, "w").write(json.dumps(seconds)))
+atexit.register(lambda: out.write_text(json.dumps(seconds)))
 sys.argv = ["mnist_jax.train", *argv]
 cli.run(train.main)
 """
