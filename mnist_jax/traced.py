@@ -63,6 +63,21 @@ def compile(fun: Callable, *args, out_shardings: Any = None, compiler_options: d
     return jax.jit(call, **jit_options).lower(*args).compile()
 
 
+def jit(fun: Callable, **options) -> Callable:
+    """`fun` as `jax.jit(fun, **options)` calls it: compiled (by `compile`) on its first call with each tree, shapes,
+    dtypes and shardings of arguments, then called."""
+    compiled = {}
+
+    def call(*args):
+        leaves, tree = jax.tree.flatten(args)
+        key = (tree, tuple((np.shape(x), str(x.dtype), getattr(x, "sharding", None)) for x in leaves))
+        if key not in compiled:
+            compiled[key] = compile(fun, *args, **options)
+        return compiled[key](*args)
+
+    return call
+
+
 def _kept(path: Path, fun: Callable, leaves: list, in_tree) -> tuple[Any, Any] | None:
     """(exported program, its output's tree) kept at `path`; where there is none yet, or one cut short or damaged,
     exported now and kept; None where `fun` cannot be exported (e.g. a custom call with no stability guarantee)."""

@@ -39,7 +39,7 @@ class Single:
         on_devices = distributed.put(splits, self._replicated)
         self._train = on_devices["train"]
         self._held_out = {name: split for name, split in on_devices.items() if name != "train"}
-        self._evaluate = None  # compiled on first use
+        self._evaluate = traced.jit(functools.partial(engine.evaluate_splits, config))
         self.label = f"{config.model}/{member['activation']}"
         self.steps_per_epoch, self.batch_size = config.steps_per_epoch, config.batch_size
         self.piece_member_steps = MODELS[config.model].piece_member_steps
@@ -62,9 +62,6 @@ class Single:
                        lambda: (self.hyper, *self._train))
 
     def evaluate(self, state) -> dict:
-        if self._evaluate is None:
-            self._evaluate = traced.compile(functools.partial(engine.evaluate_splits, self.config), state.params,
-                                            self.hyper, self._held_out)
         return self._evaluate(state.params, self.hyper, self._held_out)
 
     def learning_rate(self, epoch: int) -> Any:
@@ -99,7 +96,7 @@ class Population:
         self._held_out = {name: split for name, split in on_devices.items() if name != "train"}
         self._init = functools.partial(population.init, config, shared_order=shared_order)
         self._steps = functools.partial(population.train_steps, config, shared_order, vmap_chunk, self.mesh)
-        self._evaluations = {}  # compiled per shape of the members evaluated (halving: those still training)
+        self._evaluate = traced.jit(functools.partial(population.evaluate, config))  # per shape: halving's survivors
         self._take = jax.jit(population.take, out_shardings=self._sharding)
         self.label = f"sweep {config.model} x{len(members)}"
         self.steps_per_epoch, self.batch_size = config.steps_per_epoch, config.batch_size
@@ -152,19 +149,11 @@ class Population:
 
     def evaluate(self, state) -> dict:
         if self.active is None:
-            return self._evaluate(state.params, self.hyper)
+            return self._evaluate(state.params, self.hyper, self._held_out)
         found = distributed.to_host(self._evaluate(population.members_at(state.params, self.active),
-                                                   population.members_at(self.hyper, self.active)))
+                                                   population.members_at(self.hyper, self.active), self._held_out))
         # the members that did not train get zeros here: the scheduler fills in their rows with their last numbers
         return jax.tree.map(lambda values: _scatter(values, self.active, len(self.members) + self.padding), found)
-
-    def _evaluate(self, params, hyper) -> dict:
-        """population.evaluate of these members, compiled (through mnist_jax.traced) once per shape and sharding."""
-        key = tuple((leaf.shape, leaf.sharding) for leaf in jax.tree.leaves((params, hyper)))
-        if key not in self._evaluations:
-            self._evaluations[key] = traced.compile(functools.partial(population.evaluate, self.config), params, hyper,
-                                                    self._held_out)
-        return self._evaluations[key](params, hyper, self._held_out)
 
     def learning_rate(self, epoch: int) -> Any:
         return engine.learning_rate(self.config, np.array([m["lr"] for m in self.members]), epoch)
