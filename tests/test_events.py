@@ -70,7 +70,6 @@ def test_a_train_run_writes_its_metrics_rows_as_tensorboard_scalars(tmp_path):
                                    "batch_size": "64", "epochs": "2", "hidden": "32", "dtype": "float32"}
 
 
-
 def test_a_command_line_ends_with_its_output_whole(tmp_path):
     """`python -m mnist_jax.train` ends without the interpreter's teardown (mnist_jax.cli): what it printed reaches a
     pipe, every row reaches the event file, and the exit status is the command's, for a run and for bad input."""
@@ -84,6 +83,7 @@ def test_a_command_line_ends_with_its_output_whole(tmp_path):
     refused = subprocess.run([*command, "--lr", "0.01", "--workdir", str(workdir)], capture_output=True, text=True,
                              env=env)  # another configuration in the same workdir: one line, status 2
     assert refused.returncode == 2 and refused.stderr.startswith("error: ") and len(refused.stderr.splitlines()) == 1
+
 
 def test_each_sweep_member_is_a_tensorboard_run_with_its_hparams(tmp_path):
     workdir = tmp_path / "sweep"

@@ -3,6 +3,7 @@ same key, and a damaged entry made again."""
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +42,7 @@ def run_numbers(directory):
 
 def assert_same_numbers(a, b):
     assert a[0] == b[0]
-    assert all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a[1], b[1])))
+    chex.assert_trees_all_equal(a[1], b[1])
 
 
 def test_a_second_launch_loads_the_kept_programs_and_trains_the_same_bits_as_tracing(tmp_path, kept, monkeypatch):
@@ -66,8 +67,8 @@ def test_a_sweeps_second_launch_loads_its_programs_and_trains_the_same_members(t
     sweep.run(workdir=tmp_path / "second", **run)
     assert entries(kept) == first
     for member in ("elu,0", "relu,0"):
-        a, b = (workdir.load_member(tmp_path / name, member)[0].state for name in ("first", "second"))
-        assert all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
+        chex.assert_trees_all_equal(*(workdir.load_member(tmp_path / name, member)[0].state
+                                      for name in ("first", "second")))
 
 
 def test_a_damaged_entry_is_made_again_and_the_run_is_the_same(tmp_path, kept):
