@@ -58,3 +58,10 @@ def test_max_pool_gradient_matches_autodiff_of_reduce_window():
     reference = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
     chex.assert_trees_all_equal(jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * weights))(x),
                                 jax.grad(lambda x: jnp.sum(reference(x) * weights))(x))
+
+
+def test_max_pool_sends_the_gradient_of_equal_maxima_to_the_first_of_them():
+    # each 2x2 block in row-major order; equal maxima at positions 1 and 3, at 0 and 2, at all four
+    x = jnp.array([[1.0, 5.0, 7.0, 2.0, 3.0, 3.0], [2.0, 5.0, 7.0, 0.0, 3.0, 3.0]]).reshape(1, 2, 6, 1)
+    expected = jnp.array([[0.0, 1.0, 1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]).reshape(1, 2, 6, 1)
+    chex.assert_trees_all_equal(jax.grad(lambda x: jnp.sum(max_pool_2x2(x)))(x), expected)
