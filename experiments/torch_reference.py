@@ -102,7 +102,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--time-to-99", type=int, default=None, metavar="SEEDS",
-                        help="run the tuomaso recipe with seeds 0..SEEDS-1 (needs --test-images, --test-labels)")
+                        help="run the tuomaso recipe with SEEDS seeds from --first-seed (needs --test-images, "
+                        "--test-labels)")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--test-images", default=None)
     parser.add_argument("--test-labels", default=None)
     args = parser.parse_args()
@@ -113,7 +115,8 @@ def main() -> None:
         test_images = normalized(args.test_images)
         test_labels = torch.from_numpy(np.load(args.test_labels).astype(np.int64))
         fast_recipe(0, images[:2560], labels[:2560], test_images[:2000], test_labels[:2000])  # warms torch up
-        runs = [fast_recipe(seed, images, labels, test_images, test_labels) for seed in range(args.time_to_99)]
+        runs = [fast_recipe(seed, images, labels, test_images, test_labels)
+                for seed in range(args.first_seed, args.first_seed + args.time_to_99)]
         print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "runs": runs}))
         return
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "train_images": len(labels)}

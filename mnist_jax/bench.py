@@ -432,9 +432,10 @@ def measure_sweep(x, y, seeds: int) -> dict:
 def measure_time_to_99(torch_python: str | None, seeds: int, train_images, train_labels, test_images, test_labels,
                        train_limit: int | None = None) -> dict:
     """The fast recipe (TIME_TO_99_ARGV), one fresh `python -m mnist_jax.train` per seed, against the tuomaso
-    recipe in PyTorch (experiments/torch_reference.py), `seeds` runs each: test accuracy (mean, std), seconds of
-    training, of the whole command and (mnist_jax) of compilation, cold (an empty compilation cache: the first seed
-    run once before) and warm (the cache it filled)."""
+    recipe in PyTorch (experiments/torch_reference.py), `seeds` runs each, alternated seed by seed so that a
+    machine's drift falls on both: test accuracy (mean, std), seconds of training, of the whole command and
+    (mnist_jax) of compilation, cold (an empty compilation cache: the first seed run once before) and warm (the cache
+    it filled)."""
     argv = TIME_TO_99_ARGV + (["--train-limit", str(train_limit), "--epochs", "1"] if train_limit else [])
     out: dict = {"mnist_jax": {"argv": TIME_TO_99_ARGV, "runs": []}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -450,13 +451,18 @@ def measure_time_to_99(torch_python: str | None, seeds: int, train_images, train
                     "command_seconds": command_seconds, "compile_seconds": compiled}
 
         cold = train(0, "cold")
-        out["mnist_jax"]["runs"] = [train(seed, f"seed{seed}") for seed in range(seeds)]
         out["mnist_jax"]["cold_compile_seconds"] = cold["compile_seconds"]
         out["mnist_jax"]["cold_command_seconds"] = cold["command_seconds"]
-    torch = run_torch(torch_python, train_images, train_labels, test=(test_images, test_labels), seeds=seeds)
-    if torch:
-        out["tuomaso"] = {"recipe": "tuomaso/train_mnist_fast 8_Final (PyTorch)", "runs": torch["runs"],
-                          "torch": torch["torch"], "threads": torch["threads"]}
+        torch: dict | None = {}
+        for seed in range(seeds):
+            out["mnist_jax"]["runs"].append(train(seed, f"seed{seed}"))
+            if torch is not None:  # None: no PyTorch could run it (run_torch has said why)
+                torch = run_torch(torch_python, train_images, train_labels, test=(test_images, test_labels), seeds=1,
+                                  first_seed=seed)
+            if torch:
+                out.setdefault("tuomaso", {"recipe": "tuomaso/train_mnist_fast 8_Final (PyTorch)", "runs": [],
+                                           "torch": torch["torch"], "threads": torch["threads"]})
+                out["tuomaso"]["runs"] += torch["runs"]
     for name, entry in out.items():
         runs = entry["runs"]
         for key in ("test_accuracy", "train_seconds", "command_seconds", "run_seconds", "compile_seconds"):
@@ -468,9 +474,10 @@ def measure_time_to_99(torch_python: str | None, seeds: int, train_images, train
     return out
 
 
-def run_torch(python: str | None, x, y, epochs: int = 1, test=None, seeds: int | None = None) -> dict | None:
+def run_torch(python: str | None, x, y, epochs: int = 1, test=None, seeds: int | None = None,
+              first_seed: int = 0) -> dict | None:
     """experiments/torch_reference.py on these images: its epoch times, or with `test` and `seeds` its runs of the
-    tuomaso recipe; None (with a note) where no PyTorch can run it."""
+    tuomaso recipe (seeds from `first_seed`); None (with a note) where no PyTorch can run it."""
     if python is None:
         if importlib.util.find_spec("torch") is None:
             return None
@@ -485,7 +492,7 @@ def run_torch(python: str | None, x, y, epochs: int = 1, test=None, seeds: int |
         for name, array in arrays.items():
             np.save(Path(tmp) / f"{name}.npy", np.asarray(array))
             flags += [f"--{name}", str(Path(tmp) / f"{name}.npy")]
-        flags += ["--time-to-99", str(seeds)] if seeds else ["--epochs", str(epochs)]
+        flags += ["--time-to-99", str(seeds), "--first-seed", str(first_seed)] if seeds else ["--epochs", str(epochs)]
         try:
             result = subprocess.run([python, str(TORCH_REFERENCE), *flags], capture_output=True, text=True)
         except OSError as e:
