@@ -1,7 +1,7 @@
 """Other ways to compute LeNet-5's training step on CPU, timed against the one mnist_jax uses (docs/performance.md,
 "What was tried for LeNet on CPU").
 
-    python experiments/lenet_speed/alternatives.py [--rounds 4] [--activation elu]
+    python experiments/lenet_speed/alternatives.py [--rounds 4] [--activation elu] [--only blocks,pooling]
 
 Each alternative replaces one piece of `mnist_jax.cpu_conv` or `mnist_jax.models` for the length of its compilation;
 all are compiled first, then one epoch of each (55,000 images, batch 128, the default recipe) is timed in turn,
@@ -99,6 +99,14 @@ def elu_by_exp(x):
     return jnp.where(x > 0, x, jnp.exp(jnp.where(x > 0, 0.0, x)) - 1)
 
 
+@jax.named_scope("max_pool")
+def elementwise_pool_index(x):
+    """Max pooling's position by elementwise compares and selects, as it was (XLA:CPU fuses it into the backward)."""
+    a, b, c, d = cpu_conv._pool_candidates(x)
+    top, bottom = jnp.maximum(a, b), jnp.maximum(c, d)
+    return jnp.maximum(top, bottom), jnp.where(bottom > top, 2 + (d > c), (b > a).astype(jnp.int8)).astype(jnp.int8)
+
+
 @contextlib.contextmanager
 def replaced(obj, name, value, key=None):
     old = getattr(obj, name) if key is None else getattr(obj, name)[key]
@@ -118,13 +126,15 @@ def replaced(obj, name, value, key=None):
 ALTERNATIVES = {
     "current (blocks 4 and 5)": contextlib.nullcontext,
     **{f"blocks {a} and {b}": (lambda a=a, b=b: replaced(models, "CONV_FORMS", blocked_features(a, b), "toeplitz"))
-       for a, b in ((2, 5), (7, 5), (14, 5), (4, 2), (4, 10))},
+       for a, b in ((2, 5), (7, 5), (14, 5), (1, 5), (4, 2), (4, 10), (2, 2), (2, 1))},
     "NHWC, Toeplitz on the right (no transposes)": lambda: replaced(models, "CONV_FORMS", nhwc_features, "toeplitz"),
     "windows as one stack of strided slices": lambda: replaced(cpu_conv, "block_windows", sliced_windows),
     "windows as one gather": lambda: replaced(cpu_conv, "block_windows", gathered_windows),
     "activation branch-free (every one computed)": lambda: replaced(models, "activate", every_activation_selected),
     "ELU as exp(x) - 1 instead of expm1(x)": lambda: replaced(models, "ACTIVATION_REGISTRY",
                                                               models.Activation(elu_by_exp, True), "elu"),
+    "pooling's position by elementwise selects": lambda: replaced(cpu_conv, "_max_pool_with_index",
+                                                                  elementwise_pool_index),
 }
 
 
@@ -132,13 +142,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--activation", default="elu", choices=models.ACTIVATIONS)
+    parser.add_argument("--only", default="", metavar="TEXT,...",
+                        help="time only the alternatives whose name contains one of these (and the current form)")
     args = parser.parse_args()
     ds = load_bundled()
     x, y = jax.device_put((ds.x_train[:55000], ds.y_train[:55000]))
     config = bench.recipe("lenet", 55000, conv="toeplitz")
     hyper = bench.one_member(args.activation)
     programs = {}
+    current = next(iter(ALTERNATIVES))
     for name, alternative in ALTERNATIVES.items():
+        if name != current and not any(text in name for text in args.only.split(",")):
+            continue
         with alternative():
             state = engine.init_member(config, hyper)
             programs[name] = (jax.jit(bench.whole_epoch(config)).lower(state, hyper, x, y).compile(), state)
@@ -148,7 +163,6 @@ def main() -> None:
             seconds, trained = bench.timed_epochs(compiled, state, (hyper, x, y), 1, warm_up=round_ == 0)
             best[name] = min(best[name], seconds)
             params[name] = [np.asarray(p) for p in jax.tree.leaves(trained.params)]
-    current = next(iter(programs))
     print(f"| LeNet-5 training ({args.activation}), one epoch | seconds | vs current | same result |")
     print("| --- | --- | --- | --- |")
     for name in programs:
