@@ -499,7 +499,8 @@ def run_torch(python: str | None, x, y, epochs: int = 1, test=None, seeds: int |
             print(f"note: cannot run {python} for the PyTorch reference ({e.strerror}); skipped", file=sys.stderr)
             return None
     if result.returncode != 0:
-        print(f"note: the PyTorch reference failed: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        last = (result.stderr.strip().splitlines() or ["it printed nothing on stderr"])[-1]
+        print(f"note: the PyTorch reference failed (exit status {result.returncode}): {last}", file=sys.stderr)
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
 
