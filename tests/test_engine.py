@@ -10,7 +10,7 @@ import pytest
 
 from mnist_jax import engine, population, settings
 
-from conftest import make_config, make_hyper, member, train_epoch
+from conftest import LEGACY, USERS_EMITTERS, make_config, make_hyper, member, population_epoch, train_epoch
 
 
 def small_config(model="mlp", **overrides):
@@ -61,15 +61,17 @@ def test_initial_states_and_orders_compiled_quickly_are_the_default_compilations
     config = make_config("lenet")
     members = [member(a, s, 1e-3) for a, s in (("elu", 0), ("relu", 1), ("leaky_relu", 123456))]
     hyper = settings.hyper(members)
-    default = jax.jit(functools.partial(population.init, config, shared_order=False))(hyper)
+    users = USERS_EMITTERS  # the default compilation as train runs it, not as conftest sets the tests' (elsewhere)
+    default = jax.jit(functools.partial(population.init, config, shared_order=False), compiler_options=users)(hyper)
     chex.assert_trees_all_equal(population.initial_states(config, hyper, shared_order=False), default)
     chex.assert_trees_all_equal(engine.initial_state(config, settings.hyper(members[2])),
-                                jax.jit(engine.init_member, static_argnums=0)(config, settings.hyper(members[2])))
-    np.testing.assert_array_equal(jax.jit(population.orders(config))(default),
+                                jax.jit(engine.init_member, static_argnums=0, compiler_options=users)(
+                                    config, settings.hyper(members[2])))
+    np.testing.assert_array_equal(jax.jit(population.orders(config), compiler_options=users)(default),
                                   population.batch_orders(config, default))
     single = engine.initial_state(config, settings.hyper(members[2]))
-    np.testing.assert_array_equal(jax.jit(engine.epoch_order, static_argnums=0)(config, single),
-                                  engine.batch_order(config, single))
+    np.testing.assert_array_equal(jax.jit(engine.epoch_order, static_argnums=0, compiler_options=users)(
+        config, single), engine.batch_order(config, single))
 
 
 def test_batch_order_is_derived_from_seed_and_epoch_only():
@@ -149,3 +151,25 @@ def test_jitted_gradients_equal_op_by_op_gradients(small_mnist, model):
     params = engine.initial_state(config, hyper).params
     grad = jax.grad(lambda p: engine.loss_and_logits(p, config, hyper, x, y)[0])
     chex.assert_trees_all_close(jax.jit(grad)(params), grad(params), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif(not LEGACY, reason="the tests compile with XLA:CPU's default emitters here (conftest)")
+@pytest.mark.parametrize("model", ["lenet", "mlp"])
+def test_the_emitters_the_tests_compile_with_compute_the_bits_users_get(small_mnist, model):
+    """conftest compiles the tests' programs with XLA:CPU's elemental emitters (faster to compile); train and sweep
+    compile with its default fusion emitters. The initial states, an epoch of each activation and an evaluation must
+    be the same bits."""
+    config = make_config(model)
+    hyper = settings.hyper([member(a, 0, 1e-3) for a in ("elu", "relu", "leaky_relu")])
+    state = population.initial_states(config, hyper, shared_order=False)
+    x, y, x_test, y_test = map(jnp.asarray, small_mnist)
+    epoch = population_epoch(config, vmap_chunk=1)  # the members loop, as sweep runs them on CPU
+    evaluate = jax.jit(jax.vmap(functools.partial(engine.evaluate, config), (0, 0, None, None)))
+    default = USERS_EMITTERS
+    chex.assert_trees_all_equal(state, jax.jit(functools.partial(population.init, config, shared_order=False),
+                                               compiler_options={**engine.QUICK_COMPILE, **default})(hyper))
+    trained = epoch(state, hyper, x, y)
+    trained_default = jax.jit(epoch, compiler_options=default)(state, hyper, x, y)
+    chex.assert_trees_all_equal(trained, trained_default)
+    chex.assert_trees_all_equal(evaluate(trained.params, hyper, x_test, y_test),
+                                jax.jit(evaluate, compiler_options=default)(trained.params, hyper, x_test, y_test))
