@@ -18,7 +18,7 @@ import chex
 import jax.numpy as jnp
 import pytest
 
-from mnist_jax import evaluate, population, predict, settings
+from mnist_jax import evaluate, population, predict, settings, train
 from mnist_jax.workdir import load_member
 
 from conftest import SMALL, make_config, member, population_epoch, run_cli
@@ -228,21 +228,22 @@ def test_members_mapped_in_chunks_train_as_the_full_vmap_does(small_mnist, chunk
     chex.assert_trees_all_close(chunked, vmapped, atol=1e-4, rtol=1e-4)
 
 
-def test_a_toeplitz_checkpoint_evaluates_with_the_standard_convolution_to_the_same_accuracy(tmp_path):
+def test_a_toeplitz_checkpoint_evaluates_with_the_standard_convolution_to_the_same_accuracy(tmp_path, capsys):
     workdir = tmp_path / "lenet"
-    run_ok(command("train", "--model", "lenet", "--conv", "toeplitz", "--epochs", "1", "--train-limit", "2048",
-                   "--test-limit", "1000", "--validation-size", "1000", "--workdir", workdir))
+    argv = ["--model", "lenet", "--epochs", "1", "--train-limit", "2048", "--test-limit", "1000",
+            "--validation-size", "1000", "--workdir", workdir]
+    assert run_cli(train.main, *argv, "--conv", "toeplitz") == 0
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["conv"] == "toeplitz"
     reports = {}
     for conv in ("lax", "toeplitz"):
-        run_ok(command("evaluate", "--workdir", workdir, "--conv", conv, "--out", tmp_path / conv))
+        assert run_cli(evaluate.main, "--workdir", workdir, "--conv", conv, "--out", tmp_path / conv) == 0
         reports[conv] = json.loads((tmp_path / conv / "evaluation.json").read_text())
     assert reports["lax"]["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-3)
     assert reports["lax"]["test_loss"] == pytest.approx(reports["toeplitz"]["test_loss"], rel=1e-4)
-    resumed = run_ok(command("train", "--model", "lenet", "--conv", "lax", "--epochs", "1", "--train-limit", "2048",
-                             "--test-limit", "1000", "--validation-size", "1000", "--workdir", workdir))
-    assert "already holds a finished run" in resumed.stdout  # the form is no part of the run's identity
+    capsys.readouterr()
+    assert run_cli(train.main, *argv, "--conv", "lax") == 0
+    assert "already holds a finished run" in capsys.readouterr().out  # the form is no part of the run's identity
 
 
 def test_a_coordinator_port_already_taken_is_one_line_for_process_0(tmp_path):
