@@ -10,19 +10,21 @@ import subprocess
 import sys
 import time
 
+import jax
+
 # At test sizes compiling is most of a test's time (over half the suite's CPU time), and XLA:CPU's elemental IR
 # emitters compile the suite's programs about a third faster than its default MLIR fusion emitters, computing the same
-# bits (test_engine checks it on a LeNet and an MLP piece; they run the MLP's epoch a fifth slower, so train keeps the
+# bits (test_engine checks it on a LeNet and an MLP epoch; they run a full MLP epoch a fifth slower, so train keeps the
 # default). Set for this process's backend only, and only where the installed jaxlib knows the flag (an unknown one
 # aborts it): the environment is restored before any test runs, so the command lines tests launch run as users run
 # them.
 LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 _flags = os.environ.get("XLA_FLAGS")
+_with_legacy = f"{_flags or ''} {LEGACY_EMITTERS}"
 LEGACY = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True,
-                        env={**os.environ, "XLA_FLAGS": f"{_flags or ''} {LEGACY_EMITTERS}"}).returncode == 0
+                        env={**os.environ, "XLA_FLAGS": _with_legacy}).returncode == 0
 if LEGACY:
-    os.environ["XLA_FLAGS"] = f"{_flags or ''} {LEGACY_EMITTERS}"
-    import jax
+    os.environ["XLA_FLAGS"] = _with_legacy
     jax.devices()  # the backend reads XLA_FLAGS once
     if _flags is None:
         del os.environ["XLA_FLAGS"]
@@ -34,7 +36,6 @@ if LEGACY:
 # compiler options that make a program of a test compile as train and sweep compile it
 USERS_EMITTERS = {"xla_cpu_use_fusion_emitters": True} if LEGACY else None
 
-import jax
 import numpy as np
 import pytest
 
