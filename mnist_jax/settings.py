@@ -23,7 +23,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mnist_jax import data, engine, models
 
@@ -464,10 +466,12 @@ def member_folders(members: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def hyper(members: dict | Sequence[dict]) -> engine.Hyper:
-    """The members' hyperparameters as arrays: scalars for one member (a dict), stacked for a list of them."""
+    """The members' hyperparameters as arrays: scalars for one member (a dict), stacked for a list of them. NumPy
+    converts them to their dtypes on the host, as JAX would (to the bit), and they are copied to the device as they
+    are: converting them there compiles a program for each setting."""
     if isinstance(members, Mapping):
-        return {s.name: jnp.asarray(s.encode(members[s.name]), s.dtype) for s in members_of()}
-    return {s.name: jnp.asarray([s.encode(m[s.name]) for m in members], s.dtype) for s in members_of()}
+        return {s.name: jax.device_put(np.asarray(s.encode(members[s.name]), s.dtype)) for s in members_of()}
+    return {s.name: jax.device_put(np.asarray([s.encode(m[s.name]) for m in members], s.dtype)) for s in members_of()}
 
 
 def _text(value: Any, sep: str = "x") -> str:

@@ -202,20 +202,21 @@ class Program:
             self._guarded = traced.compile(self._program(True), *self._example)
         return self._guarded
 
-    def _any(self, flags) -> bool:
+    def _trained(self, flags) -> np.ndarray:
+        """The flags of the members this piece trains, on the host (where negating them compiles nothing)."""
         flags = np.asarray(distributed.to_host(flags))
-        return bool(np.any(flags if self._active is None or flags.ndim == 0 else flags[self._active]))
+        return flags if self._active is None or flags.ndim == 0 else flags[self._active]
 
     def __call__(self, state, order, first):
         hyper, *train = self._inputs()
         args = (state, hyper, *train, order, first, *self._extra)
         if not self._frozen:
             new, sums = self.compiled(*args)
-            if not self._any(~sums["sound"]):
+            if np.all(self._trained(sums["sound"])):
                 return new, sums
             self.reruns += 1
         new, sums = self.guarded()(*args)
-        self._frozen = self._frozen or self._any(new.diverged)
+        self._frozen = self._frozen or bool(np.any(self._trained(new.diverged)))
         return new, sums
 
 
