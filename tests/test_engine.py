@@ -6,6 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mnist_jax import engine, population, settings
@@ -139,6 +140,25 @@ def test_learning_rate_is_data_so_members_can_differ(small_mnist):
     chex.assert_trees_all_close(moved[0.02], jax.tree.map(lambda d: 2 * d, moved[0.01]), atol=1e-6, rtol=1e-3)
     lrs = engine.learning_rate(config, np.array([0.01, 0.02]), 1)
     np.testing.assert_allclose(lrs, [0.01, 0.02], rtol=1e-6)  # each member's own, as the rows record
+
+
+@pytest.mark.parametrize("schedule", sorted(engine.SCHEDULES))
+def test_the_learning_rate_a_row_records_is_the_one_the_steps_applied_to_the_bit(schedule):
+    # 12 epochs of 429 steps: run op by op outside a jit, the warmup-cosine schedule differed from the steps' value in
+    # the last bit at two of these epochs' ends
+    config = make_config("mlp", 55000, epochs=12, schedule=schedule, batch_size=128)
+    scale = optax.scale_by_schedule(engine.schedule(config))  # how the optimizer applies it (engine.make_optimizer)
+
+    def multipliers(state):
+        def step(state, _):
+            update, state = scale.update(jnp.ones(()), state)
+            return state, update
+        return jax.lax.scan(step, state, length=config.epochs * config.steps_per_epoch)[1]
+
+    applied = np.asarray(jax.jit(multipliers)(scale.init(jnp.ones(()))))
+    ends = np.arange(1, config.epochs + 1) * config.steps_per_epoch - 1
+    recorded = [engine.learning_rate(config, 1.0, epoch) for epoch in range(1, config.epochs + 1)]
+    np.testing.assert_array_equal(np.float32(recorded), applied[ends])
 
 
 @pytest.mark.parametrize("model", ["lenet", "mlp"])
