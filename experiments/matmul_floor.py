@@ -113,16 +113,17 @@ def main() -> None:
     for program, state, hyper in epochs.values():
         jax.block_until_ready(program(state, hyper, x, y))
     times = {name: [] for name in [*floors, "mlp_epoch", "lenet_epoch", "mlp_torch", "lenet_torch"]}
-    for _ in range(args.rounds):
-        for name, (program, operands) in floors.items():
-            times[name].append(fastest(lambda: program(operands)))
-        for model, (program, state, hyper) in epochs.items():
-            times[f"{model}_epoch"].append(fastest(lambda: program(state, hyper, x, y)))
-        torch = bench.run_torch(args.torch_python, ds.x_train, ds.y_train, 2)
-        if torch is None:  # run_torch has said what failed
-            sys.exit(f"error: the PyTorch reference stopped: {TORCH_FIX}")
-        for model in epochs:
-            times[f"{model}_torch"].append(torch[model]["epoch_seconds"])
+    with bench.torch_reference(args.torch_python, ds.x_train, ds.y_train) as reference:
+        for _ in range(args.rounds):
+            for name, (program, operands) in floors.items():
+                times[name].append(fastest(lambda: program(operands)))
+            for model, (program, state, hyper) in epochs.items():
+                times[f"{model}_epoch"].append(fastest(lambda: program(state, hyper, x, y)))
+            torch = reference and reference("--epochs", "2")
+            if torch is None:  # the reference has said what failed
+                sys.exit(f"error: the PyTorch reference stopped: {TORCH_FIX}")
+            for model in epochs:
+                times[f"{model}_torch"].append(torch[model]["epoch_seconds"])
     best = {name: min(values) for name, values in times.items()}
     result = {"cpu": cpu_name(), "avx512f": has_avx512(), "steps": steps,
               "step_matmuls": STEP_MATMULS, "seconds": times, "fastest": best,

@@ -6,6 +6,7 @@ Everything is measured in one run on this machine, so the ratios are the figures
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import json
@@ -123,13 +124,14 @@ def measure_epochs(x, y, x_np, y_np, epochs: int, torch_python: str | None, roun
         state = engine.initial_state(config, hyper)
         programs[model] = (config, jax.jit(whole_epoch(config)).lower(state, hyper, x, y).compile(), state, hyper)
     best, torch_rounds = dict.fromkeys(programs, float("inf")), []
-    for round_ in range(rounds):
-        for model, (_, compiled, state, hyper) in programs.items():
-            best[model] = min(best[model], timed_epochs(compiled, state, (hyper, x, y), epochs, round_ == 0)[0])
-        torch = run_torch(torch_python, x_np, y_np, epochs)
-        if torch is None:
-            break
-        torch_rounds.append(torch)
+    with torch_reference(torch_python, x_np, y_np) as reference:
+        for round_ in range(rounds):
+            for model, (_, compiled, state, hyper) in programs.items():
+                best[model] = min(best[model], timed_epochs(compiled, state, (hyper, x, y), epochs, round_ == 0)[0])
+            torch = reference and reference("--epochs", str(epochs))
+            if torch is None:  # no PyTorch, or it failed (and has said why): one round of this package's
+                break
+            torch_rounds.append(torch)
     out = {}
     for model, (config, *_) in programs.items():
         images = config.steps_per_epoch * config.batch_size
@@ -438,7 +440,8 @@ def measure_time_to_99(torch_python: str | None, seeds: int, train_images, train
     it filled)."""
     argv = TIME_TO_99_ARGV + (["--train-limit", str(train_limit), "--epochs", "1"] if train_limit else [])
     out: dict = {"mnist_jax": {"argv": TIME_TO_99_ARGV, "runs": []}}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, \
+            torch_reference(torch_python, train_images, train_labels, (test_images, test_labels)) as reference:
         env = {**os.environ, "MNIST_JAX_CACHE_DIR": str(Path(tmp) / "cache")}
 
         def train(seed: int, name: str) -> dict:
@@ -453,16 +456,15 @@ def measure_time_to_99(torch_python: str | None, seeds: int, train_images, train
         cold = train(0, "cold")
         out["mnist_jax"]["cold_compile_seconds"] = cold["compile_seconds"]
         out["mnist_jax"]["cold_command_seconds"] = cold["command_seconds"]
-        torch: dict | None = {}
         for seed in range(seeds):
             out["mnist_jax"]["runs"].append(train(seed, f"seed{seed}"))
-            if torch is not None:  # None: no PyTorch could run it (run_torch has said why)
-                torch = run_torch(torch_python, train_images, train_labels, test=(test_images, test_labels), seeds=1,
-                                  first_seed=seed)
-            if torch:
-                out.setdefault("tuomaso", {"recipe": "tuomaso/train_mnist_fast 8_Final (PyTorch)", "runs": [],
-                                           "torch": torch["torch"], "threads": torch["threads"]})
-                out["tuomaso"]["runs"] += torch["runs"]
+            torch = reference and reference("--time-to-99", "1", "--first-seed", str(seed))
+            if torch is None:  # no PyTorch, or it failed (and has said why): the other seeds run this package's only
+                reference = None
+                continue
+            out.setdefault("tuomaso", {"recipe": "tuomaso/train_mnist_fast 8_Final (PyTorch)", "runs": [],
+                                       "torch": torch["torch"], "threads": torch["threads"]})
+            out["tuomaso"]["runs"] += torch["runs"]
     for name, entry in out.items():
         runs = entry["runs"]
         for key in ("test_accuracy", "train_seconds", "command_seconds", "run_seconds", "compile_seconds"):
@@ -474,35 +476,44 @@ def measure_time_to_99(torch_python: str | None, seeds: int, train_images, train
     return out
 
 
-def run_torch(python: str | None, x, y, epochs: int = 1, test=None, seeds: int | None = None,
-              first_seed: int = 0) -> dict | None:
-    """experiments/torch_reference.py on these images: its epoch times, or with `test` and `seeds` its runs of the
-    tuomaso recipe (seeds from `first_seed`); None (with a note) where no PyTorch can run it."""
+@contextlib.contextmanager
+def torch_reference(python: str | None, x, y, test=None):
+    """experiments/torch_reference.py on these images (and `test` images), saved for it once: yields run(*flags),
+    which gives its JSON (epoch times with `--epochs N`, the tuomaso recipe's runs with `--time-to-99 N`) or None
+    (with a note) where it fails; yields None where no PyTorch is found (`python` None and none importable here)."""
     if python is None:
         if importlib.util.find_spec("torch") is None:
-            return None
+            yield None
+            return
         python = sys.executable
     if not TORCH_REFERENCE.exists():
         print(f"note: {TORCH_REFERENCE} is missing (run from a clone of the repository); no PyTorch reference",
               file=sys.stderr)
-        return None
+        yield None
+        return
     with tempfile.TemporaryDirectory() as tmp:
         arrays = {"images": x, "labels": y, **({"test-images": test[0], "test-labels": test[1]} if test else {})}
-        flags = []
+        data = []
         for name, array in arrays.items():
             np.save(Path(tmp) / f"{name}.npy", np.asarray(array))
-            flags += [f"--{name}", str(Path(tmp) / f"{name}.npy")]
-        flags += ["--time-to-99", str(seeds), "--first-seed", str(first_seed)] if seeds else ["--epochs", str(epochs)]
-        try:
-            result = subprocess.run([python, str(TORCH_REFERENCE), *flags], capture_output=True, text=True)
-        except OSError as e:
-            print(f"note: cannot run {python} for the PyTorch reference ({e.strerror}); skipped", file=sys.stderr)
-            return None
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["it printed nothing on stderr"])[-1]
-        print(f"note: the PyTorch reference failed (exit status {result.returncode}): {last}", file=sys.stderr)
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])
+            data += [f"--{name}", str(Path(tmp) / f"{name}.npy")]
+
+        def run(*flags: str) -> dict | None:
+            try:
+                result = subprocess.run([python, str(TORCH_REFERENCE), *data, *flags], capture_output=True,
+                                        text=True)
+            except OSError as e:
+                print(f"note: cannot run {python} for the PyTorch reference ({e.strerror}); skipped",
+                      file=sys.stderr)
+                return None
+            if result.returncode != 0:
+                last = (result.stderr.strip().splitlines() or ["it printed nothing on stderr"])[-1]
+                print(f"note: the PyTorch reference failed (exit status {result.returncode}): {last}",
+                      file=sys.stderr)
+                return None
+            return json.loads(result.stdout.strip().splitlines()[-1])
+
+        yield run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from mnist_jax import bench
 
 from conftest import run_cli
@@ -41,3 +43,27 @@ def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"on the CPU {results['environment']['cpu']!r} (avx512f: " in out  # each ratio printed with its CPU
     assert "| lenet epoch seconds" in out and "| conv1 |" in out and "| curves.png |" in out
+
+
+def test_the_pytorch_reference_gets_its_images_saved_once_and_a_failure_is_one_note(tmp_path, capsys):
+    calls = tmp_path / "calls"
+    interpreter = tmp_path / "python"  # stands in for a Python with torch: records its arguments, then answers
+    interpreter.write_text(f"""#!/bin/sh
+echo "$@" >> {calls}
+if [ "$2" != "--images" ] || [ ! -s "$3" ]; then echo "no images" >&2; exit 3; fi
+case "$*" in *--first-seed\\ 1*) echo "RuntimeError: out of memory" >&2; exit 3;; esac
+echo '{{"ok": true}}'
+""")
+    interpreter.chmod(0o755)
+    images, labels = np.zeros((4, 28, 28), np.uint8), np.arange(4)
+    with bench.torch_reference(str(interpreter), images, labels, (images, labels)) as run:
+        assert run("--time-to-99", "1", "--first-seed", "0") == {"ok": True}
+        assert run("--time-to-99", "1", "--first-seed", "1") is None
+    first, second = (line.split() for line in calls.read_text().splitlines())
+    assert first[1:9] == second[1:9]  # the same four saved arrays, each with its flag
+    assert first[1:9:2] == ["--images", "--labels", "--test-images", "--test-labels"]
+    assert capsys.readouterr().err.strip() == \
+        "note: the PyTorch reference failed (exit status 3): RuntimeError: out of memory"
+    with bench.torch_reference(str(tmp_path / "missing"), images, labels) as run:
+        assert run("--epochs", "1") is None
+    assert "cannot run" in capsys.readouterr().err
