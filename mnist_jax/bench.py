@@ -129,7 +129,7 @@ def measure_epochs(x, y, x_np, y_np, epochs: int, torch_python: str | None, roun
             for model, (_, compiled, state, hyper) in programs.items():
                 best[model] = min(best[model], timed_epochs(compiled, state, (hyper, x, y), epochs, round_ == 0)[0])
             torch = reference and reference("--epochs", str(epochs))
-            if torch is None:  # no PyTorch, or it failed (and has said why): one round of this package's
+            if torch is None:  # no PyTorch, or it failed (and has said why): this package's side in one round
                 break
             torch_rounds.append(torch)
     out = {}

@@ -152,8 +152,9 @@ def learning_rate(config: Config, peak: Any, epoch: int) -> Any:
     return peak * float(_multiplier(config, (epoch * config.steps_per_epoch) - 1))
 
 
-# schedule(config)(step) as one program, as the training steps compute it: run op by op outside a jit it compiled a
-# dozen programs (a third of a second on a fresh cache) and differed from the steps' value in the last bit at times
+# schedule(config)(step) as one compiled program, which gives the optimizer's value in a compiled scan to the bit
+# (tests/test_engine.py): run op by op outside a jit it compiled a dozen programs (a third of a second on a fresh
+# cache) and differed from that value in the last bit at times
 @functools.partial(jax.jit, static_argnums=0)
 def _multiplier(config: Config, step: int) -> jax.Array:
     return schedule(config)(step)
