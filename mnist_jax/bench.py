@@ -300,8 +300,8 @@ def measure_serving(x, repeats: int = 20) -> dict:
 
 
 # The parts of a `python -m mnist_jax.train` command: part -> the functions (module, name) whose time it is, timed
-# inside the command. Imports are timed apart (a fresh `import mnist_jax.train`); "other" is what is left of the
-# whole command (interpreter start, the workdir's lock and records, the metrics rows, TensorBoard events, the exit).
+# inside the command, as are its imports; "other" is what is left of the whole command (interpreter start, the
+# workdir's lock and records, the metrics rows, TensorBoard events, the exit).
 COMMAND_PARTS = {
     "data": [("cli", "load_data")],
     "initial state (or the checkpoint to resume)": [("loop", "_resume")],
@@ -319,8 +319,9 @@ DEFAULT_COMMAND = ["--model", "lenet"]
 _TIMED_COMMAND = """
 import atexit, importlib, json, pathlib, sys, time
 parts, out, argv = json.loads(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
+started = time.perf_counter()
 from mnist_jax import cli, train
-seconds = {part: 0.0 for part in parts}
+seconds = {"imports": time.perf_counter() - started, **{part: 0.0 for part in parts}}
 def timed(part, module, name):
     module = importlib.import_module("mnist_jax." + module)
     function = getattr(module, name)
@@ -342,19 +343,15 @@ cli.run(train.main)
 
 def measure_command_parts(argv: Sequence[str] = DEFAULT_COMMAND) -> dict:
     """Seconds of each COMMAND_PARTS part of `python -m mnist_jax.train ARGV` with warm caches (a first run fills
-    them), timed inside the command; imports timed apart."""
+    them), timed inside the command, its imports included."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "MNIST_JAX_CACHE_DIR": str(Path(tmp) / "cache")}
         _run([sys.executable, "-m", "mnist_jax.train", *argv, "--workdir", str(Path(tmp) / "cold")], env)
         timed = Path(tmp) / "parts.json"
         _, whole = _run([sys.executable, "-c", _TIMED_COMMAND, json.dumps(COMMAND_PARTS), str(timed), *argv,
                          "--workdir", str(Path(tmp) / "warm")], env)
-        seconds = records.read_json(timed)
+        parts = records.read_json(timed)
         summary = records.read_json(Path(tmp) / "warm" / "summary.json")
-    # each process ends as the command does (mnist_jax.cli), without the interpreter's teardown
-    imports = min(_run([sys.executable, "-c", "import os, mnist_jax.train; os._exit(0)"])[1] for _ in range(2)) - \
-        min(_run([sys.executable, "-c", "import os; os._exit(0)"])[1] for _ in range(2))
-    parts = {"imports": imports, **seconds}
     parts["other"] = max(0.0, whole - sum(parts.values()))
     training = parts["training (the epochs' seconds)"]
     return {"argv": list(argv), "command_seconds": whole, "train_seconds": summary["train_seconds"],
