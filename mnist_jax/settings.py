@@ -64,13 +64,18 @@ def seed(value: Any) -> int:
 
 
 def finite_number(positive: bool) -> Callable[[Any], float]:
+    """A number that stays finite (and positive) as the float32 a member's hyperparameter is stored in."""
     def parse(value: Any) -> float:
         try:
             number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{value!r} is not a number") from None
-        if not math.isfinite(number) or number < 0 or (positive and number == 0):
-            raise ValueError(f"{value} must be a {'positive' if positive else 'non-negative'} finite number")
+        with np.errstate(over="ignore"):
+            stored = np.float32(number)
+        if not np.isfinite(stored) or number < 0 or (positive and stored == 0):
+            raise ValueError(f"{value} must be a {'positive' if positive else 'non-negative'} finite number "
+                             f"(it is kept as a float32: {'above 0 and ' if positive else ''}at most "
+                             f"{np.finfo(np.float32).max:.3g})")
         return number
     return parse
 

@@ -88,6 +88,9 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     (["--epochs", "0"], ["--epochs", "positive"]),
     (["--batch-size", "-3"], ["--batch-size", "positive"]),
     (["--lr", "nan"], ["--lr", "positive finite"]),
+    (["--lr", "1e40"], ["--lr", "positive finite", "float32"]),  # finite in Python, infinite as a float32
+    (["--lr", "1e-50"], ["--lr", "positive finite", "float32"]),  # zero as a float32
+    (["--weight-decay", "1e39"], ["--weight-decay", "non-negative finite", "float32"]),
     (["--hidden", "256,x"], ["--hidden"]),
 ])
 def test_bad_arguments_get_one_line_and_exit_2(argv, fragments, capsys):
