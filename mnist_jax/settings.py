@@ -267,7 +267,8 @@ SETTINGS: tuple[Setting, ...] = (
             "every run and seed; the best checkpoint is chosen on them (0: no validation split, the best is the "
             "latest)", non_negative_int, DATA, True, group="splits"),
     Setting("train_limit", None, "train on the first N of the remaining training images only: shorter epochs "
-            "(quick experiments, tests, the fast recipe of docs/performance.md)", positive_int, DATA, True, group="splits"),
+            "(quick experiments, tests, the fast recipe of docs/performance.md)", positive_int, DATA, True,
+            group="splits"),
     Setting("test_limit", None, "evaluate on the first N test images only", positive_int, DATA, True,
             group="splits"),
     Setting("data_source", "auto", "auto: local data only, never a download (IDX files or a prepared tfds copy in "
