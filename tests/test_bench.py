@@ -1,6 +1,9 @@
 """The benchmark runs end to end on tiny settings and writes every figure the README quotes."""
 
 import json
+import re
+import shlex
+from pathlib import Path
 
 import numpy as np
 
@@ -43,6 +46,14 @@ def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"on the CPU {results['environment']['cpu']!r} (avx512f: " in out  # each ratio printed with its CPU
     assert "| lenet epoch seconds" in out and "| conv1 |" in out and "| curves.png |" in out
+
+
+def test_the_documented_fast_recipe_is_the_one_the_benchmark_times():
+    # users copy the command from docs/performance.md; the benchmark's time-to-99% entry runs TIME_TO_99_ARGV
+    text = (Path(__file__).resolve().parents[1] / "docs" / "performance.md").read_text()
+    section = text.split("## Time to 99%", 1)[1]
+    command = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    assert shlex.split(command) == ["python", "-m", "mnist_jax.train", *bench.TIME_TO_99_ARGV]
 
 
 def test_the_pytorch_reference_gets_its_images_saved_once_and_a_failure_is_one_note(tmp_path, capsys):
