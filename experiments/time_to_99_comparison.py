@@ -5,28 +5,39 @@ too long.
     python experiments/time_to_99_comparison.py --torch-python PYTHON_WITH_TORCH --out comparison.json
 """
 
-import argparse
-import json
+from __future__ import annotations
+
 import subprocess
 from pathlib import Path
 
-from mnist_jax import bench
+from mnist_jax import bench, cli, records
 from mnist_jax.data import load_bundled
 from mnist_jax.report import environment
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def commit() -> str | None:
+    """The checked-out commit of this clone, where git can say."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
+def main(argv=None) -> int:
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch-python", required=True)
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=cli.argument_type(bench.time_to_99_runs), default=5)
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    records.check_writable(args.out.parent)  # before minutes of runs, not after them
+    measured_at = commit()
     ds = load_bundled()
     result = bench.measure_time_to_99(args.torch_python, args.seeds, ds.x_train, ds.y_train, ds.x_test, ds.y_test)
     result["environment"] = environment()
-    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                      cwd=Path(__file__).parent).stdout.strip()
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result["commit"] = measured_at
+    records.write_json(args.out, result)
     for name in ("mnist_jax", "tuomaso"):
         if name in result:
             entry = result[name]
@@ -34,7 +45,8 @@ def main() -> None:
                   f"{entry['mean_train_seconds']:.2f} s of training ({len(entry['runs'])} runs)")
     if "train_seconds_ratio" in result:
         print(f"ratio of training times: {result['train_seconds_ratio']:.2f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

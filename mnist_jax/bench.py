@@ -56,11 +56,20 @@ def parse_args(argv):
     parser.add_argument("--rounds", type=settings.positive_int, default=3,
                         help="rounds alternating the epoch timings with the PyTorch reference's; each side's fastest "
                              "is reported (default: %(default)s)")
-    parser.add_argument("--time-to-99-seeds", type=settings.positive_int, default=5, metavar="N",
-                        help="runs of each recipe in the time-to-99%% comparison (default: %(default)s)")
+    parser.add_argument("--time-to-99-seeds", type=cli.argument_type(time_to_99_runs), default=5, metavar="N",
+                        help="runs of each recipe in the time-to-99%% comparison, at least 2 (default: "
+                             "%(default)s)")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where to write the results")
     parser.add_argument("--compile-probe", choices=("lenet", "mlp"), default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def time_to_99_runs(value) -> int:
+    """The number of runs of each time-to-99% recipe: a mean and a standard deviation over them need two."""
+    runs = settings.positive_int(value)
+    if runs < 2:
+        raise ValueError(f"{value} run: the comparison reports a mean and standard deviation, which need at least 2")
+    return runs
 
 
 def recipe(model: str, train_size: int, **overrides) -> engine.Config:
@@ -521,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compile_probe:
         print(json.dumps(compile_probe(args.compile_probe)))
         return 0
+    records.check_writable(args.json.parent)  # before the measuring, not after it
 
     ds = load_bundled()
     x_np, y_np = ds.x_train[:args.train_limit], ds.y_train[:args.train_limit]
@@ -553,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["time_to_99"] = measure_time_to_99(args.torch_python, args.time_to_99_seeds, x_np, y_np, ds.x_test,
                                                ds.y_test, args.train_limit)
 
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    records.write_json(args.json, results)
     print(table(results))
     for profile in results["profile"].values():
         print(f"\nwhere a step's time goes (mnist_jax.profiling):\n{profiling.table(profile)}")

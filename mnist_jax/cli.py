@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -161,8 +160,7 @@ def enable_compile_cache(enabled: bool) -> None:
                                     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnist_jax" / "xla"))
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
+        records.check_writable(directory)
     except OSError as e:
         print(f"warning: the compilation cache {directory} is not writable ({records.os_reason(e)}): compiling "
               "without it (set MNIST_JAX_CACHE_DIR, or pass --no-compile-cache)", file=sys.stderr)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,16 @@ def remove_temporaries(directory: Path) -> None:
     for leftover in Path(directory).glob(".*.*.tmp"):
         if leftover.is_file():
             leftover.unlink(missing_ok=True)
+
+
+def check_writable(directory: Path) -> None:
+    """Raises the OSError, naming `directory`, that writing a file in it would: before the work whose result goes
+    there."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(directory)) from None
 
 
 def write_json(path: Path, value: Any) -> None:

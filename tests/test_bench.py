@@ -9,7 +9,7 @@ import numpy as np
 
 from mnist_jax import bench
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 
 
 def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
@@ -46,6 +46,15 @@ def test_benchmark_smoke_run_writes_its_table_and_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"on the CPU {results['environment']['cpu']!r} (avx512f: " in out  # each ratio printed with its CPU
     assert "| lenet epoch seconds" in out and "| conv1 |" in out and "| curves.png |" in out
+
+
+def test_a_json_that_cannot_be_written_or_a_single_time_to_99_run_is_one_line_before_any_measuring(tmp_path, capsys):
+    assert run_cli(bench.main, "--json", tmp_path / "missing" / "bench.json") == 2
+    one_line_error(capsys, "missing", "No such file or directory")
+    # one run has no standard deviation (it was NaN, written as such into the JSON)
+    assert run_cli(bench.main, "--time-to-99-seeds", "1", "--json", tmp_path / "bench.json") == 2
+    one_line_error(capsys, "--time-to-99-seeds", "at least 2")
+    assert not (tmp_path / "bench.json").exists()
 
 
 def test_the_documented_fast_recipe_is_the_one_the_benchmark_times():
