@@ -35,16 +35,13 @@ def main(argv=None) -> int:
     measured_at = commit()
     ds = load_bundled()
     result = bench.measure_time_to_99(args.torch_python, args.seeds, ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+    rows = bench.time_to_99_rows(result)
     result["environment"] = environment()
     result["commit"] = measured_at
     records.write_json(args.out, result)
-    for name in ("mnist_jax", "tuomaso"):
-        if name in result:
-            entry = result[name]
-            print(f"{name}: {entry['mean_test_accuracy']:.2%} ± {entry['std_test_accuracy']:.2%} test accuracy, "
-                  f"{entry['mean_train_seconds']:.2f} s of training ({len(entry['runs'])} runs)")
-    if "train_seconds_ratio" in result:
-        print(f"ratio of training times: {result['train_seconds_ratio']:.2f}x")
+    cpu = result["environment"]
+    print("\n".join([f"on the CPU {cpu['cpu']!r} (avx512f: {cpu['avx512f']}), at commit {measured_at}:", "",
+                      *bench.TABLE_HEADER, *rows]))
     return 0
 
 

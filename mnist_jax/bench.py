@@ -572,6 +572,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# The head of the benchmark's table: each row is measurement | mnist_jax | PyTorch | ratio.
+TABLE_HEADER = ["| measurement | mnist_jax | PyTorch | ratio |", "| --- | --- | --- | --- |"]
+
+
 def table(r: dict) -> str:
     def torch_cols(model):
         t = r[model].get("torch_epoch_seconds")
@@ -579,7 +583,7 @@ def table(r: dict) -> str:
 
     cpu = r["environment"]
     lines = [f"on the CPU {cpu['cpu']!r} (avx512f: {cpu['avx512f']}), {cpu['cpu_count']} CPUs, the same run for both "
-             "sides:", "", "| measurement | mnist_jax | PyTorch | ratio |", "| --- | --- | --- | --- |"]
+             "sides:", "", *TABLE_HEADER]
     for model in ("lenet", "mlp"):
         t, ratio = torch_cols(model)
         lines.append(f"| {model} epoch seconds (batch 128) | {r[model]['epoch_seconds']:.3f} | {t} | {ratio} |")
@@ -615,7 +619,23 @@ def table(r: dict) -> str:
             not strategy["shared_order"] else ""
         lines.append(f"| lenet sweep of {s['members']}, {name}{default}: epoch seconds | "
                      f"{strategy['epoch_seconds']:.2f} | | {strategy['ratio_to_sequential']:.2f}x the single runs |")
-    t = r["time_to_99"]
+    lines += time_to_99_rows(r["time_to_99"])
+    c = r["compile_lenet"]
+    lines.append(f"| lenet epoch program compile seconds (added to epoch 1), cold / cached | "
+                 f"{c['epoch_cold_seconds']:.2f} / {c['epoch_warm_seconds']:.2f} | | |")
+    lines.append(f"| lenet init + epoch + evaluation compile seconds, cold / cached | {c['cold_seconds']:.2f} / "
+                 f"{c['warm_seconds']:.2f} | | |")
+    for model in ("lenet", "mlp"):
+        g = r[model]["gflops_per_second"]
+        lines.append(f"| {model} achieved GFLOP/s (counted from the layers) | {g:.1f} | | "
+                     f"{g / r['matmul_peak_gflops']:.1%} of the measured matmul peak "
+                     f"({r['matmul_peak_gflops']:.0f} GFLOP/s, 2048x2048 float32) |")
+    return "\n".join(lines)
+
+
+def time_to_99_rows(t: dict) -> list[str]:
+    """The rows of the benchmark's table (TABLE_HEADER) that measure_time_to_99's result `t` gives."""
+    lines = []
     for name, entry in t.items():
         if isinstance(entry, dict):
             what = "mnist_jax fast recipe (" + " ".join(entry["argv"]) + ")" if name == "mnist_jax" else entry["recipe"]
@@ -628,17 +648,7 @@ def table(r: dict) -> str:
     m = t["mnist_jax"]
     lines.append(f"| time to 99%: mnist_jax compile seconds, cold / warm (first seed) | "
                  f"{m['cold_compile_seconds']:.2f} / {m['runs'][0]['compile_seconds']:.2f} | | |")
-    c = r["compile_lenet"]
-    lines.append(f"| lenet epoch program compile seconds (added to epoch 1), cold / cached | "
-                 f"{c['epoch_cold_seconds']:.2f} / {c['epoch_warm_seconds']:.2f} | | |")
-    lines.append(f"| lenet init + epoch + evaluation compile seconds, cold / cached | {c['cold_seconds']:.2f} / "
-                 f"{c['warm_seconds']:.2f} | | |")
-    for model in ("lenet", "mlp"):
-        g = r[model]["gflops_per_second"]
-        lines.append(f"| {model} achieved GFLOP/s (counted from the layers) | {g:.1f} | | "
-                     f"{g / r['matmul_peak_gflops']:.1%} of the measured matmul peak "
-                     f"({r['matmul_peak_gflops']:.0f} GFLOP/s, 2048x2048 float32) |")
-    return "\n".join(lines)
+    return lines
 
 
 def command_table(c: dict) -> str:
